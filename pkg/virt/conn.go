@@ -1,0 +1,200 @@
+package virt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"syscall"
+	"time"
+
+	libvirt "github.com/digitalocean/go-libvirt"
+
+	"opendev.org/x/ferry/pkg/errdefs"
+)
+
+// Timeouts bound every short libvirt call. go-libvirt has no deadlines of its
+// own: a hung libvirtd or a half-open TCP link would block a caller forever.
+// The zero value of a field means its default.
+type Timeouts struct {
+	Dial     time.Duration // connect + auth + open; default 20s
+	Query    time.Duration // lookups, state, XML, job stats; default 10s
+	Control  time.Duration // define, start, destroy, abort, downtime; default 30s
+	Watchdog time.Duration // liveness ping period; default 5s (the ping gets Query)
+}
+
+func (t Timeouts) withDefaults() Timeouts {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&t.Dial, 20*time.Second)
+	def(&t.Query, 10*time.Second)
+	def(&t.Control, 30*time.Second)
+	def(&t.Watchdog, 5*time.Second)
+	return t
+}
+
+// Conn is one connection to one libvirtd. It is safe for concurrent use, but
+// libvirtd serves at most max_client_requests (5) calls per client at once, so
+// a long Migrate call gets a Conn of its own.
+type Conn struct {
+	uri      string // as given, for messages (never carries a secret)
+	l        *libvirt.Libvirt
+	timeouts Timeouts
+	stop     chan struct{}
+	done     chan struct{}
+}
+
+// Dial connects to the libvirtd named by uri: "qemu:///system",
+// "qemu+unix:///system?socket=/path", "qemu+tcp://host[:port]/system" or
+// "qemu+tls://host[:port]/system[?pkipath=dir]". A watchdog pings the daemon
+// and drops the connection when a ping does not return in time, so a hung
+// daemon turns into ErrUnavailable instead of a hang.
+func Dial(ctx context.Context, uri string, t Timeouts) (*Conn, error) {
+	t = t.withDefaults()
+	u, err := url.Parse(uri)
+	if err != nil {
+		return nil, fmt.Errorf("dial %q: %w: %w", uri, errdefs.ErrInvalidArgument, err)
+	}
+	l, err := call(ctx, t.Dial, "dial "+uri, func() (*libvirt.Libvirt, error) {
+		return libvirt.ConnectToURI(u)
+	})
+	if err != nil {
+		return nil, err
+	}
+	c := &Conn{uri: uri, l: l, timeouts: t, stop: make(chan struct{}), done: make(chan struct{})}
+	go c.watchdog()
+	return c, nil
+}
+
+// Close stops the watchdog and disconnects. It never touches running jobs:
+// a migration whose Perform call runs on this connection is not aborted by
+// libvirt when the client goes away (see the package doc).
+func (c *Conn) Close() error {
+	select {
+	case <-c.stop:
+	default:
+		close(c.stop)
+	}
+	<-c.done
+	if !c.l.IsConnected() {
+		return nil
+	}
+	_, err := call(context.Background(), c.timeouts.Control, "close "+c.uri, func() (struct{}, error) {
+		return struct{}{}, c.l.Disconnect()
+	})
+	return err
+}
+
+// Disconnected is closed when the connection is gone (daemon restart,
+// network loss, watchdog verdict or Close). A Conn never reconnects; callers
+// dial a fresh one.
+func (c *Conn) Disconnected() <-chan struct{} { return c.l.Disconnected() }
+
+// URI returns the URI the connection was dialled with.
+func (c *Conn) URI() string { return c.uri }
+
+func (c *Conn) watchdog() {
+	defer close(c.done)
+	t := time.NewTicker(c.timeouts.Watchdog)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-c.l.Disconnected():
+			return
+		case <-t.C:
+			_, err := call(context.Background(), c.timeouts.Query, "ping "+c.uri, func() (uint64, error) {
+				return c.l.ConnectGetLibVersion()
+			})
+			if errors.Is(err, errdefs.ErrTimeout) {
+				_ = c.l.Disconnect() // unblocks every pending call with ErrInterrupted
+				return
+			}
+		}
+	}
+}
+
+// Version returns libvirt's and the hypervisor's versions as
+// major*1,000,000 + minor*1,000 + micro.
+func (c *Conn) Version(ctx context.Context) (lib, hv uint64, err error) {
+	lib, err = call(ctx, c.timeouts.Query, "lib version", c.l.ConnectGetLibVersion)
+	if err != nil {
+		return 0, 0, err
+	}
+	hv, err = call(ctx, c.timeouts.Query, "hypervisor version", c.l.ConnectGetVersion)
+	return lib, hv, err
+}
+
+// DomainCapabilities returns the domain capabilities XML for an emulator
+// binary; the first call for a binary makes libvirtd probe it.
+func (c *Conn) DomainCapabilities(ctx context.Context, emulator, virtType string) (string, error) {
+	return call(ctx, 3*c.timeouts.Control, "domain capabilities "+emulator, func() (string, error) {
+		return c.l.ConnectGetDomainCapabilities(libvirt.OptString{emulator}, libvirt.OptString{"x86_64"}, nil,
+			libvirt.OptString{virtType}, 0)
+	})
+}
+
+// call runs f with a deadline. f runs in its own goroutine with a result
+// channel of size one, so a reply that comes after the deadline is dropped
+// without leaking the goroutine. The op name goes into every error.
+func call[T any](ctx context.Context, timeout time.Duration, op string, f func() (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		v, err := f()
+		ch <- result{v, err}
+	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	var zero T
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return zero, fmt.Errorf("%s: %w", op, classify(r.err))
+		}
+		return r.v, nil
+	case <-t.C:
+		return zero, fmt.Errorf("%s: %w after %s", op, errdefs.ErrTimeout, timeout)
+	case <-ctx.Done():
+		return zero, fmt.Errorf("%s: %w", op, context.Cause(ctx))
+	}
+}
+
+// classify wraps a go-libvirt error into an errdefs class, keeping the
+// original for errors.As (libvirt.Error carries the code).
+func classify(err error) error {
+	var le libvirt.Error
+	switch {
+	case errors.Is(err, libvirt.ErrInterrupted), errors.Is(err, syscall.EINVAL),
+		errors.Is(err, syscall.ECONNREFUSED), errors.Is(err, syscall.ENOENT):
+		return fmt.Errorf("%w: %w", errdefs.ErrUnavailable, err)
+	case libvirt.IsNotFound(err):
+		return fmt.Errorf("%w: %w", errdefs.ErrNotFound, err)
+	case errors.As(err, &le):
+		switch libvirt.ErrorNumber(le.Code) {
+		case libvirt.ErrOperationAborted:
+			return fmt.Errorf("%w: %w", errdefs.ErrAborted, err)
+		case libvirt.ErrOperationInvalid, libvirt.ErrOperationFailed:
+			return fmt.Errorf("%w: %w", errdefs.ErrFailedPrecondition, err)
+		case libvirt.ErrInvalidArg, libvirt.ErrNoSupport, libvirt.ErrArgumentUnsupported,
+			libvirt.ErrConfigUnsupported, libvirt.ErrXMLError:
+			return fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
+		case libvirt.ErrOperationTimeout:
+			return fmt.Errorf("%w: %w", errdefs.ErrTimeout, err)
+		case libvirt.ErrDomExist:
+			return fmt.Errorf("%w: %w", errdefs.ErrConflict, err)
+		}
+	}
+	return err
+}
+
+// noTimeout is for the one call that must not have a deadline: Migrate, whose
+// end the monitor decides.
+const noTimeout = time.Duration(1<<63 - 1)

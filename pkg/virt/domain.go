@@ -1,0 +1,159 @@
+package virt
+
+import (
+	"context"
+	"fmt"
+
+	libvirt "github.com/digitalocean/go-libvirt"
+)
+
+// State is a domain's libvirt state.
+type State int
+
+// The states, as libvirt numbers them.
+const (
+	StateNoState   State = State(libvirt.DomainNostate)
+	StateRunning   State = State(libvirt.DomainRunning)
+	StateBlocked   State = State(libvirt.DomainBlocked)
+	StatePaused    State = State(libvirt.DomainPaused)
+	StateShutdown  State = State(libvirt.DomainShutdown)
+	StateShutoff   State = State(libvirt.DomainShutoff)
+	StateCrashed   State = State(libvirt.DomainCrashed)
+	StateSuspended State = State(libvirt.DomainPmsuspended)
+)
+
+func (s State) String() string {
+	switch s {
+	case StateRunning:
+		return "running"
+	case StateBlocked:
+		return "blocked"
+	case StatePaused:
+		return "paused"
+	case StateShutdown:
+		return "shutdown"
+	case StateShutoff:
+		return "shutoff"
+	case StateCrashed:
+		return "crashed"
+	case StateSuspended:
+		return "pmsuspended"
+	}
+	return "nostate"
+}
+
+// Paused reasons that matter to migration.
+const (
+	ReasonPausedMigration      = int(libvirt.DomainPausedMigration)
+	ReasonPausedPostcopy       = int(libvirt.DomainPausedPostcopy)
+	ReasonPausedPostcopyFailed = int(libvirt.DomainPausedPostcopyFailed)
+)
+
+// DomainState is a state with libvirt's reason code for it.
+type DomainState struct {
+	State  State
+	Reason int
+}
+
+func (c *Conn) lookup(ctx context.Context, name string) (libvirt.Domain, error) {
+	return call(ctx, c.timeouts.Query, "lookup domain "+name, func() (libvirt.Domain, error) {
+		return c.l.DomainLookupByName(name)
+	})
+}
+
+// DomainState returns the state of the named domain; errdefs.ErrNotFound if
+// this host has no such domain.
+func (c *Conn) DomainState(ctx context.Context, name string) (DomainState, error) {
+	d, err := c.lookup(ctx, name)
+	if err != nil {
+		return DomainState{}, err
+	}
+	type sr struct{ s, r int32 }
+	v, err := call(ctx, c.timeouts.Query, "state of "+name, func() (sr, error) {
+		s, r, err := c.l.DomainGetState(d, 0)
+		return sr{s, r}, err
+	})
+	return DomainState{State: State(v.s), Reason: int(v.r)}, err
+}
+
+// DomainXML returns the live XML of the named domain (inactive=false) or its
+// persistent definition (inactive=true).
+func (c *Conn) DomainXML(ctx context.Context, name string, inactive bool) (string, error) {
+	d, err := c.lookup(ctx, name)
+	if err != nil {
+		return "", err
+	}
+	var flags libvirt.DomainXMLFlags
+	if inactive {
+		flags = libvirt.DomainXMLInactive
+	}
+	return call(ctx, c.timeouts.Query, "xml of "+name, func() (string, error) {
+		return c.l.DomainGetXMLDesc(d, flags)
+	})
+}
+
+// DefineAndStart defines a persistent domain from xml and boots it.
+func (c *Conn) DefineAndStart(ctx context.Context, xml string) error {
+	d, err := call(ctx, c.timeouts.Control, "define domain", func() (libvirt.Domain, error) {
+		return c.l.DomainDefineXML(xml)
+	})
+	if err != nil {
+		return err
+	}
+	_, err = call(ctx, c.timeouts.Control, "start "+d.Name, func() (struct{}, error) {
+		return struct{}{}, c.l.DomainCreate(d)
+	})
+	return err
+}
+
+// Destroy powers the named domain off (no-op when it is not running).
+func (c *Conn) Destroy(ctx context.Context, name string) error {
+	st, err := c.DomainState(ctx, name)
+	if err != nil {
+		return err
+	}
+	if st.State == StateShutoff {
+		return nil
+	}
+	d, err := c.lookup(ctx, name)
+	if err != nil {
+		return err
+	}
+	_, err = call(ctx, c.timeouts.Control, "destroy "+name, func() (struct{}, error) {
+		return struct{}{}, c.l.DomainDestroy(d)
+	})
+	return err
+}
+
+// Undefine removes the persistent definition of the named domain.
+func (c *Conn) Undefine(ctx context.Context, name string) error {
+	d, err := c.lookup(ctx, name)
+	if err != nil {
+		return err
+	}
+	_, err = call(ctx, c.timeouts.Control, "undefine "+name, func() (struct{}, error) {
+		return struct{}{}, c.l.DomainUndefineFlags(d, libvirt.DomainUndefineKeepNvram)
+	})
+	return err
+}
+
+// Suspend pauses the named domain's vCPUs.
+func (c *Conn) Suspend(ctx context.Context, name string) error {
+	return c.domainOp(ctx, name, "suspend", c.l.DomainSuspend)
+}
+
+// Resume resumes the named domain's vCPUs.
+func (c *Conn) Resume(ctx context.Context, name string) error {
+	return c.domainOp(ctx, name, "resume", c.l.DomainResume)
+}
+
+func (c *Conn) domainOp(ctx context.Context, name, op string, f func(libvirt.Domain) error) error {
+	d, err := c.lookup(ctx, name)
+	if err != nil {
+		return err
+	}
+	_, err = call(ctx, c.timeouts.Control, fmt.Sprintf("%s %s", op, name), func() (struct{}, error) {
+		return struct{}{}, f(d)
+	})
+	return err
+}
