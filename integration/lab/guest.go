@@ -236,7 +236,11 @@ func (g *Guest) SerialLog(h *Host) string {
 // Heartbeats parses every complete heartbeat line the guest printed on h.
 // A line cut by a migration (its first bytes on the source, the rest on the
 // destination) does not parse and is skipped.
-func (g *Guest) Heartbeats(h *Host) ([]Beat, error) {
+func (g *Guest) Heartbeats(h *Host) ([]Beat, error) { return g.heartbeatsFrom(h, 0) }
+
+// heartbeatsFrom parses the console log from byte offset off on (a log is
+// appended to when the guest comes back to a host it ran on before).
+func (g *Guest) heartbeatsFrom(h *Host, off int64) ([]Beat, error) {
 	f, err := os.Open(g.SerialLog(h))
 	if os.IsNotExist(err) {
 		return nil, nil
@@ -245,6 +249,9 @@ func (g *Guest) Heartbeats(h *Host) ([]Beat, error) {
 		return nil, err
 	}
 	defer f.Close()
+	if _, err := f.Seek(off, 0); err != nil {
+		return nil, err
+	}
 	var beats []Beat
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {

@@ -1,0 +1,61 @@
+package virt
+
+import (
+	"fmt"
+
+	"libvirt.org/go/libvirtxml"
+
+	"opendev.org/x/ferry/pkg/errdefs"
+)
+
+// Disk is one <disk> of a domain, as far as migration cares.
+type Disk struct {
+	Target    string // target dev: vda
+	Device    string // disk, cdrom, floppy, lun
+	Type      string // source type: file, block, network, volume, dir
+	Source    string // file path, block device, or protocol/name for network disks
+	Format    string // driver type: qcow2, raw
+	Serial    string // Nova sets a volume's serial to its volume id
+	ReadOnly  bool
+	Shareable bool
+}
+
+// ParseDisks lists the disks of a domain XML document.
+func ParseDisks(xml string) ([]Disk, error) {
+	var d libvirtxml.Domain
+	if err := d.Unmarshal(xml); err != nil {
+		return nil, fmt.Errorf("parse domain xml: %w: %w", errdefs.ErrInvalidArgument, err)
+	}
+	if d.Devices == nil {
+		return nil, nil
+	}
+	var out []Disk
+	for _, x := range d.Devices.Disks {
+		disk := Disk{Device: x.Device, Serial: x.Serial, ReadOnly: x.ReadOnly != nil, Shareable: x.Shareable != nil}
+		if disk.Device == "" {
+			disk.Device = "disk"
+		}
+		if x.Target != nil {
+			disk.Target = x.Target.Dev
+		}
+		if x.Driver != nil {
+			disk.Format = x.Driver.Type
+		}
+		if s := x.Source; s != nil {
+			switch {
+			case s.File != nil:
+				disk.Type, disk.Source = "file", s.File.File
+			case s.Block != nil:
+				disk.Type, disk.Source = "block", s.Block.Dev
+			case s.Network != nil:
+				disk.Type, disk.Source = "network", s.Network.Protocol+"/"+s.Network.Name
+			case s.Volume != nil:
+				disk.Type, disk.Source = "volume", s.Volume.Pool+"/"+s.Volume.Volume
+			case s.Dir != nil:
+				disk.Type, disk.Source = "dir", s.Dir.Dir
+			}
+		}
+		out = append(out, disk)
+	}
+	return out, nil
+}
