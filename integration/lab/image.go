@@ -218,7 +218,7 @@ func (w *cpioWriter) pad() {
 	}
 }
 
-func (w *cpioWriter) dir(name string)                          { w.entry(name, 0o040755, nil, 0, 0) }
+func (w *cpioWriter) dir(name string)                         { w.entry(name, 0o040755, nil, 0, 0) }
 func (w *cpioWriter) file(name string, b []byte, perm uint32) { w.entry(name, 0o100000|perm, b, 0, 0) }
 func (w *cpioWriter) symlink(name, target string)             { w.entry(name, 0o120777, []byte(target), 0, 0) }
 func (w *cpioWriter) dev(name string, major, minor int)       { w.entry(name, 0o020600, nil, major, minor) }

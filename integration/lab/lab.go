@@ -31,7 +31,7 @@ const (
 
 // Options configure Start. The zero value means two hosts, "a" and "b".
 type Options struct {
-	Hosts []string       // host names; default a, b
+	Hosts []string             // host names; default a, b
 	Logf  func(string, ...any) // progress lines; default prints to stderr
 }
 

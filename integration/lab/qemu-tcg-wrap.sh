@@ -8,7 +8,7 @@
 # +4 KiB would not match). Source and destination run the same XML through
 # the same wrapper, so both sides get the same sizes. Without TCG it changes
 # nothing.
-qemu=/usr/bin/qemu-system-x86_64
+qemu=${FERRY_LAB_QEMU:-/usr/bin/qemu-system-x86_64} # the override is for the wrapper's own test
 tcg=0
 prev=
 for a in "$@"; do
