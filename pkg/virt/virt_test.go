@@ -82,7 +82,9 @@ func TestMigrateSpecFlagsAndParams(t *testing.T) {
 }
 
 func TestDecodeJobStats(t *testing.T) {
-	p := func(k string, v *libvirt.TypedParamValue) libvirt.TypedParam { return libvirt.TypedParam{Field: k, Value: *v} }
+	p := func(k string, v *libvirt.TypedParamValue) libvirt.TypedParam {
+		return libvirt.TypedParam{Field: k, Value: *v}
+	}
 	got := decodeJobStats(3, []libvirt.TypedParam{
 		p("operation", libvirt.NewTypedParamValueInt(5)),
 		p("time_elapsed", libvirt.NewTypedParamValueUllong(2500)),
