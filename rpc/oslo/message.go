@@ -18,8 +18,9 @@ const (
 	contentType     = "application/json"
 	contentEncoding = "utf-8"
 	contextPrefix   = "_context_"
-	// MaxMessageSize bounds what the server decodes; bigger messages get a
-	// failure reply (calls) or a logged rejection (casts).
+	// MaxMessageSize bounds what the server serves; bigger messages get a
+	// failure reply (calls, when the reply address can be read from a body
+	// of up to four times this size) or a logged rejection (casts).
 	MaxMessageSize = 32 << 20
 )
 
@@ -47,7 +48,7 @@ var errMalformed = errors.New("malformed RPC message")
 // reply address it could read, so that the caller gets a failure reply.
 func decodeMessage(ctype string, body []byte) (Message, error) {
 	var m Message
-	if len(body) > MaxMessageSize {
+	if len(body) > 4*MaxMessageSize { // too big even to look for a reply address
 		return m, fmt.Errorf("%w: %d bytes, more than %d", errMalformed, len(body), MaxMessageSize)
 	}
 	raw, err := unwrap(body)
@@ -70,6 +71,9 @@ func decodeMessage(ctype string, body []byte) (Message, error) {
 		}
 	}
 	// From here on, errors keep the reply address.
+	if len(body) > MaxMessageSize {
+		return m, fmt.Errorf("%w: %d bytes, more than %d", errMalformed, len(body), MaxMessageSize)
+	}
 	if ctype != contentType {
 		return m, fmt.Errorf("%w: content type %q, want %q", errMalformed, ctype, contentType)
 	}

@@ -85,7 +85,8 @@ func TestDecodeMalformed(t *testing.T) {
 		{"bad _timeout", contentType, `{"method":"x","_timeout":"soon",` + call + `}`, true},
 		{"envelope from the future", contentType, `{"oslo.version":"3.0","oslo.message":"{}"}`, false},
 		{"envelope message not a string", contentType, `{"oslo.version":"2.0","oslo.message":{}}`, false},
-		{"huge", contentType, `{"method":"x","pad":"` + strings.Repeat("a", MaxMessageSize) + `"}`, false},
+		{"huge cast", contentType, `{"method":"x","pad":"` + strings.Repeat("a", MaxMessageSize) + `"}`, false},
+		{"huge call", contentType, `{"method":"x",` + call + `,"pad":"` + strings.Repeat("a", MaxMessageSize) + `"}`, true},
 	}
 	for _, tc := range tests {
 		m, err := decodeMessage(tc.ctype, []byte(tc.body))

@@ -11,20 +11,24 @@ Client commands: {"op": "call"|"cast", "topic", "server", "fanout", "namespace",
 import json
 import sys
 import time
+import uuid
+
+import amqp
 
 from oslo_config import cfg
 import oslo_messaging as messaging
 
 
 def transport(url):
-    conf = cfg.ConfigOpts()
+    conf = cfg.CONF  # oslo.messaging registers some options (metrics) on the global object only
     conf([], project="ferry-test")
     messaging.set_transport_defaults("nova")
-    return conf, messaging.get_rpc_transport(conf, url=url)
+    return conf, messaging.get_rpc_transport(conf, url=url, allowed_remote_exmods=["nova.exception"])
 
 
 def error_info(e):
-    info = {"class": type(e).__name__, "module": type(e).__module__, "message": str(e).split("\n")[0]}
+    info = {"class": type(e).__name__, "module": type(e).__module__, "message": str(e).split("\n")[0],
+            "mro": ["%s.%s" % (c.__module__, c.__name__) for c in type(e).__mro__]}
     if isinstance(e, messaging.RemoteError):
         info["exc_type"] = e.exc_type
         info["message"] = e.value
@@ -35,6 +39,10 @@ def client(url):
     conf, t = transport(url)
     for line in sys.stdin:
         cmd = json.loads(line)
+        if cmd["op"] == "raw":
+            sys.stdout.write(json.dumps(raw(cmd)) + "\n")
+            sys.stdout.flush()
+            continue
         target = messaging.Target(topic=cmd.get("topic", "compute"), server=cmd.get("server"),
                                   fanout=cmd.get("fanout", False), namespace=cmd.get("namespace"),
                                   version=cmd.get("version", "1.0"))
@@ -44,14 +52,50 @@ def client(url):
         ctxt = cmd.get("context", {})
         try:
             if cmd["op"] == "call":
-                out = {"result": c.call(ctxt, cmd["method"], **cmd.get("args", {}))}
+                out = {"result": c.call(ctxt, cmd["method"], **(cmd.get("args") or {}))}
             else:
-                c.cast(ctxt, cmd["method"], **cmd.get("args", {}))
+                c.cast(ctxt, cmd["method"], **(cmd.get("args") or {}))
                 out = {"result": None}
         except Exception as e:  # noqa: the test reads the class
             out = {"error": error_info(e)}
         sys.stdout.write(json.dumps(out) + "\n")
         sys.stdout.flush()
+
+
+def raw(cmd):
+    """Publish a hand-made body (py-amqp, no oslo) and, for "reply", collect what comes back."""
+    a = cmd["amqp"]
+    c = amqp.Connection(host=a["host"], userid=a["user"], password=a["password"], virtual_host=a["vhost"])
+    c.connect()
+    try:
+        ch = c.channel()
+        reply_q = "reply_" + uuid.uuid4().hex
+        if cmd.get("reply"):
+            ch.queue_declare(reply_q, auto_delete=True)
+        body = cmd["body"].replace("{{REPLY_Q}}", reply_q)
+        props = {"delivery_mode": 2}
+        if cmd.get("content_type") is not None:
+            props["content_type"] = cmd["content_type"]
+            props["content_encoding"] = "utf-8"
+        for _ in range(cmd.get("times", 1)):
+            ch.basic_publish(amqp.Message(body, **props), exchange=cmd.get("exchange", "nova"),
+                             routing_key=cmd["routing_key"])
+        replies = []
+        if cmd.get("reply"):
+            deadline = time.time() + cmd.get("timeout", 10)
+            while time.time() < deadline:
+                m = ch.basic_get(reply_q, no_ack=True)
+                if m is None:
+                    time.sleep(0.05)
+                    continue
+                outer = json.loads(m.body)
+                inner = json.loads(outer["oslo.message"]) if "oslo.version" in outer else outer
+                replies.append(inner)
+                if inner.get("ending"):
+                    break
+        return {"replies": replies}
+    finally:
+        c.close()
 
 
 class Endpoint(object):
