@@ -28,7 +28,9 @@ type goServer struct {
 func startGoServer(t *testing.T, vh, host string, mutate func(*oslo.ServerOptions)) *goServer {
 	t.Helper()
 	g := &goServer{host: host, casts: make(chan map[string]json.RawMessage, 16), served: make(chan error, 1)}
-	h := func(f func(ctx context.Context, r *oslo.Request) (any, error)) oslo.Handler { return oslo.HandlerFunc(f) }
+	h := func(f func(ctx context.Context, r *oslo.Request) (any, error)) oslo.Handler {
+		return oslo.HandlerFunc(f)
+	}
 	methods := map[string]oslo.Handler{
 		"echo": h(func(_ context.Context, r *oslo.Request) (any, error) {
 			var user string
