@@ -9,7 +9,7 @@ INTEGRATION_TIMEOUT ?= 40m
 # timed runs a command and prints one TIMING line for it.
 timed = t0=$$(date +%s); $(2); rc=$$?; echo "TIMING $(1) $$(( $$(date +%s) - t0 ))s"; exit $$rc
 
-.PHONY: all build deps demo test vet unit integration fuzz
+.PHONY: all build deps demo test vet unit integration fuzz bench-rpc
 
 all: build
 
@@ -38,3 +38,12 @@ unit:
 
 integration:
 	$(GO) test -tags integration -race -count=1 -p 1 -timeout $(INTEGRATION_TIMEOUT) -v ./integration/...
+
+# Fuzz the RPC message decoder (make test runs only its seed corpus).
+FUZZTIME ?= 60s
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzDecodeMessage -fuzztime $(FUZZTIME) ./rpc/oslo
+
+# The RPC plane against a Python oslo.messaging server (not a test; not in CI).
+bench-rpc: deps
+	$(GO) run ./integration/benchrpc

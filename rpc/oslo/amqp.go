@@ -368,10 +368,7 @@ func consumerSession(ctx context.Context, conn *amqp.Connection, prefetch int, q
 	if err != nil {
 		return fmt.Errorf("open channel: %w: %w", errdefs.ErrUnavailable, err)
 	}
-	merged := make(chan amqp.Delivery)
-	var wg sync.WaitGroup
-	stop := make(chan struct{})
-	defer func() { close(stop); _ = ch.Close(); wg.Wait() }()
+	defer ch.Close()
 	connClosed := conn.NotifyClose(make(chan *amqp.Error, 1))
 	chClosed := ch.NotifyClose(make(chan *amqp.Error, 1))
 	cancelled := ch.NotifyCancel(make(chan string, 4))
@@ -380,6 +377,10 @@ func consumerSession(ctx context.Context, conn *amqp.Connection, prefetch int, q
 			return fmt.Errorf("qos: %w: %w", errdefs.ErrUnavailable, err)
 		}
 	}
+	if len(queues) > 3 {
+		return fmt.Errorf("%w: at most three queues per session", errdefs.ErrInvalidArgument)
+	}
+	var ds [3]<-chan amqp.Delivery // a nil channel never delivers
 	for i, q := range queues {
 		if q.exchange != "" {
 			if err := declare(ch, q); err != nil {
@@ -388,29 +389,20 @@ func consumerSession(ctx context.Context, conn *amqp.Connection, prefetch int, q
 		} else if _, err := ch.QueueDeclare(q.name, q.durable, q.autoDelete, false, false, amqp.Table(q.args)); err != nil {
 			return declareError("queue "+q.name, err)
 		}
-		ds, err := ch.Consume(q.name, fmt.Sprint(i+1), autoAck, false, false, false, nil)
-		if err != nil {
+		if ds[i], err = ch.Consume(q.name, fmt.Sprint(i+1), autoAck, false, false, false, nil); err != nil {
 			return declareError("consumer on "+q.name, err)
 		}
-		wg.Add(1)
-		go func() { // owner: this session; ends when the channel closes
-			defer wg.Done()
-			for d := range ds {
-				select {
-				case merged <- d:
-				case <-stop:
-					return
-				}
-			}
-		}()
 	}
 	if onReady != nil {
 		onReady()
 	}
+	var d amqp.Delivery
+	var ok bool
 	for {
 		select {
-		case d := <-merged:
-			handle(fromAMQP(d))
+		case d, ok = <-ds[0]:
+		case d, ok = <-ds[1]:
+		case d, ok = <-ds[2]:
 		case e := <-connClosed:
 			return fmt.Errorf("%w: connection closed: %v", errdefs.ErrUnavailable, e)
 		case e := <-chClosed:
@@ -423,6 +415,10 @@ func consumerSession(ctx context.Context, conn *amqp.Connection, prefetch int, q
 			}
 			return nil
 		}
+		if !ok {
+			return fmt.Errorf("%w: deliveries ended", errdefs.ErrUnavailable)
+		}
+		handle(fromAMQP(d))
 	}
 }
 

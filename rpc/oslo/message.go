@@ -2,6 +2,7 @@ package oslo
 
 import (
 	"bytes"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -192,8 +193,15 @@ func encodeReply(msgID string, result json.RawMessage, failure *Failure, ending 
 	return envelope(r)
 }
 
+func init() { uuid.EnableRandPool() } // one getrandom per 16 ids, not per id
+
 // newID is a uuid4 in hex, as oslo's _msg_id, _unique_id and queue names.
-func newID() string { return strings.ReplaceAll(uuid.NewString(), "-", "") }
+func newID() string {
+	u := uuid.New()
+	var b [32]byte
+	hex.Encode(b[:], u[:])
+	return string(b[:])
+}
 
 // decodeReply reads a reply delivered to our reply queue.
 func decodeReply(body []byte) (replyMsg, *Failure, error) {

@@ -185,6 +185,11 @@ func (s *Server) Serve(ctx context.Context) error {
 
 	s.o.Log.WithFields(logrus.Fields{"broker": s.o.URL.String(), "exchange": s.o.Exchange,
 		"topic": s.o.Topic, "server": s.o.Server}).Info("consuming")
+	if s.o.Topic == "compute" {
+		s.o.Log.Warn("the compute-alt topic (compute RPC 6.5, nova 33 \"Gazpacho\") is not consumed: " +
+			"controllers must pin [upgrade_levels] compute to 6.4 or lower, or live-migration casts go to compute-alt." +
+			s.o.Server + " and are never served here")
+	}
 	var bo backoff
 	for cctx.Err() == nil {
 		conn, err := s.b.dial(cctx)
@@ -260,10 +265,12 @@ func (s *Server) dispatch(d delivery) {
 			return
 		}
 	}
-	log := s.o.Log.WithFields(logrus.Fields{"method": m.Method, "msg_id": m.MsgID, "unique_id": m.UniqueID})
+	log := func() *logrus.Entry {
+		return s.o.Log.WithFields(logrus.Fields{"method": m.Method, "msg_id": m.MsgID, "unique_id": m.UniqueID})
+	}
 	if err != nil {
 		if m.IsCall() {
-			log.WithError(err).Warn("malformed call; replying with a failure")
+			log().WithError(err).Warn("malformed call; replying with a failure")
 			s.slots <- struct{}{}
 			s.handlers.Add(1)
 			go func() { // owner: Server (handlers)
@@ -272,12 +279,12 @@ func (s *Server) dispatch(d delivery) {
 			}()
 			return
 		}
-		log.WithError(err).Error("rejecting malformed cast")
+		log().WithError(err).Error("rejecting malformed cast")
 		_ = d.reject()
 		return
 	}
 	if !s.dedup.first(m.UniqueID) {
-		log.Warn("duplicate message (same _unique_id); dropped")
+		log().Warn("duplicate message (same _unique_id); dropped")
 		if !m.IsCall() {
 			_ = d.ack()
 		}
@@ -295,7 +302,7 @@ func (s *Server) dispatch(d delivery) {
 	}()
 }
 
-func (s *Server) serve(r *Request, log *logrus.Entry) {
+func (s *Server) serve(r *Request, log func() *logrus.Entry) {
 	ctx := s.hctx
 	stopBeats := func() {}
 	if r.IsCall() {
@@ -305,15 +312,15 @@ func (s *Server) serve(r *Request, log *logrus.Entry) {
 	stopBeats()
 	if !r.IsCall() {
 		if aerr := r.Ack(); aerr != nil {
-			log.WithError(aerr).Warn("ack of a cast failed (channel gone); the broker will redeliver it")
+			log().WithError(aerr).Warn("ack of a cast failed (channel gone); the broker will redeliver it")
 		}
 		if err != nil {
-			log.WithError(err).Error("cast failed")
+			log().WithError(err).Error("cast failed")
 		}
 		return
 	}
 	if err != nil {
-		log.WithError(err).Info("call failed; replying with a failure")
+		log().WithError(err).Info("call failed; replying with a failure")
 		s.reply(&r.Message, nil, s.o.Failure(err), true)
 		return
 	}
@@ -379,17 +386,19 @@ func (s *Server) heartbeats(r *Request) (stop func()) {
 // ReplyRetry while the queue is missing (the caller may be reconnecting).
 // It reports whether the reply went out.
 func (s *Server) reply(m *Message, result json.RawMessage, f *Failure, ending bool) bool {
-	log := s.o.Log.WithFields(logrus.Fields{"method": m.Method, "msg_id": m.MsgID, "reply_q": m.ReplyQ})
 	if !m.IsCall() {
 		return false
 	}
+	log := func() *logrus.Entry {
+		return s.o.Log.WithFields(logrus.Fields{"method": m.Method, "msg_id": m.MsgID, "reply_q": m.ReplyQ})
+	}
 	if t, ok := s.obsolete.Load(m.ReplyQ); ok && time.Since(t.(time.Time)) < s.o.ReplyRetry {
-		log.Debug("reply queue known gone; reply dropped")
+		log().Debug("reply queue known gone; reply dropped")
 		return false
 	}
 	body, err := encodeReply(m.MsgID, result, f, ending)
 	if err != nil {
-		log.WithError(err).Error("encode reply")
+		log().WithError(err).Error("encode reply")
 		return false
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), s.o.ReplyRetry)
@@ -400,7 +409,7 @@ func (s *Server) reply(m *Message, result json.RawMessage, f *Failure, ending bo
 			return true
 		}
 		if !errors.Is(err, errUnroutable) || ctx.Err() != nil {
-			log.WithError(err).Warn("reply not delivered")
+			log().WithError(err).Warn("reply not delivered")
 			if errors.Is(err, errUnroutable) {
 				s.obsolete.Store(m.ReplyQ, time.Now())
 			}
@@ -409,7 +418,7 @@ func (s *Server) reply(m *Message, result json.RawMessage, f *Failure, ending bo
 		select {
 		case <-ctx.Done():
 			s.obsolete.Store(m.ReplyQ, time.Now())
-			log.Warn("reply queue missing for the whole retry window; reply dropped")
+			log().Warn("reply queue missing for the whole retry window; reply dropped")
 			return false
 		case <-time.After(250 * time.Millisecond):
 		}

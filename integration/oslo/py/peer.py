@@ -101,6 +101,9 @@ def raw(cmd):
 class Endpoint(object):
     target = messaging.Target(version="6.4")
 
+    def noop(self, ctxt, **kwargs):
+        return None
+
     def echo(self, ctxt, **kwargs):
         return {"args": kwargs, "context_user": ctxt.get("user"), "request_id": ctxt.get("request_id")}
 
