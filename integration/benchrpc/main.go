@@ -230,4 +230,6 @@ func profileArg() []string {
 	return nil
 }
 
-func verdict(ok bool) string { return strings.ToUpper(map[bool]string{true: "met", false: "missed"}[ok]) }
+func verdict(ok bool) string {
+	return strings.ToUpper(map[bool]string{true: "met", false: "missed"}[ok])
+}
