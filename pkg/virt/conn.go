@@ -198,3 +198,9 @@ func classify(err error) error {
 // noTimeout is for the one call that must not have a deadline: Migrate, whose
 // end the monitor decides.
 const noTimeout = time.Duration(1<<63 - 1)
+
+// isCode reports whether err carries the libvirt error code.
+func isCode(err error, code libvirt.ErrorNumber) bool {
+	var le libvirt.Error
+	return errors.As(err, &le) && le.Code == uint32(code)
+}

@@ -45,6 +45,7 @@ type MigrateSpec struct {
 	Compression     []string
 	Parallel        int // multifd connections; 0 or 1 = single stream
 	AbortOnError    bool
+	PostcopyResume  bool // recover a failed post-copy migration (same spec as the original, plus this)
 }
 
 // Validate refuses specs that libvirt would misread. The one that matters
@@ -82,6 +83,7 @@ func (s MigrateSpec) Flags() libvirt.DomainMigrateFlags {
 	set(len(s.Compression) > 0, libvirt.MigrateCompressed)
 	set(s.Parallel > 1, libvirt.MigrateParallel)
 	set(s.AbortOnError, libvirt.MigrateAbortOnError)
+	set(s.PostcopyResume, libvirt.MigratePostcopyResume|libvirt.MigratePostcopy)
 	return f
 }
 
@@ -134,6 +136,13 @@ func (s MigrateSpec) Params() []libvirt.TypedParam {
 // connection closes).
 func (c *Conn) Migrate(ctx context.Context, name string, s MigrateSpec) error {
 	if err := s.Validate(); err != nil {
+		return fmt.Errorf("migrate %s: %w", name, err)
+	}
+	v, err := c.Versions(ctx)
+	if err != nil {
+		return err
+	}
+	if err := CheckCapabilities(v, s); err != nil {
 		return fmt.Errorf("migrate %s: %w", name, err)
 	}
 	d, err := c.lookup(ctx, name)
@@ -206,6 +215,9 @@ func (c *Conn) JobStats(ctx context.Context, name string, completed bool) (JobSt
 		return res{t, p}, err
 	})
 	if err != nil {
+		if !completed && isCode(err, libvirt.ErrOperationInvalid) { // "domain is not running": no job
+			return JobStats{Type: JobNone}, nil
+		}
 		return JobStats{}, err
 	}
 	return decodeJobStats(r.t, r.p), nil

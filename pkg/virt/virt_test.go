@@ -134,3 +134,40 @@ func TestParseDisks(t *testing.T) {
 		t.Errorf("ParseDisks(garbage) = %v, want ErrInvalidArgument", err)
 	}
 }
+
+func TestCheckCapabilities(t *testing.T) {
+	debian12 := Versions{Libvirt: V(9, 0, 0), QEMU: V(7, 2, 22)}
+	newest := Versions{Libvirt: V(11, 6, 0), QEMU: V(10, 1, 0)}
+	base := MigrateSpec{DestURI: "d"}
+	with := func(f func(*MigrateSpec)) MigrateSpec { s := base; f(&s); return s }
+	tests := []struct {
+		name string
+		v    Versions
+		spec MigrateSpec
+		ok   bool
+	}{
+		{"plain on debian 12", debian12, base, true},
+		{"multifd zstd on libvirt 9.0", debian12, with(func(s *MigrateSpec) { s.Parallel = 4; s.Compression = []string{"zstd"} }), false},
+		{"multifd zstd on a newer libvirt", newest, with(func(s *MigrateSpec) { s.Parallel = 4; s.Compression = []string{"zstd"} }), true},
+		{"zstd without parallel", newest, with(func(s *MigrateSpec) { s.Compression = []string{"zstd"} }), false},
+		{"xbzrle with parallel", debian12, with(func(s *MigrateSpec) { s.Parallel = 2; s.Compression = []string{"xbzrle"} }), false},
+		{"xbzrle single stream", debian12, with(func(s *MigrateSpec) { s.Compression = []string{"xbzrle"} }), true},
+		{"mt on QEMU 7.2", debian12, with(func(s *MigrateSpec) { s.Compression = []string{"mt"} }), true},
+		{"mt on QEMU 10.1", newest, with(func(s *MigrateSpec) { s.Compression = []string{"mt"} }), false},
+		{"parallel + post-copy below QEMU 10.1", debian12, with(func(s *MigrateSpec) { s.Parallel = 2; s.PostCopy = true }), false},
+		{"parallel + post-copy on QEMU 10.1", newest, with(func(s *MigrateSpec) { s.Parallel = 2; s.PostCopy = true }), true},
+		{"post-copy resume on libvirt 9.0", debian12, with(func(s *MigrateSpec) { s.PostCopy = true; s.PostcopyResume = true }), true},
+		{"post-copy resume on libvirt 8.0", Versions{Libvirt: V(8, 0, 0), QEMU: V(6, 2, 0)}, with(func(s *MigrateSpec) { s.PostcopyResume = true }), false},
+		{"tls.destination on libvirt 5.10", Versions{Libvirt: V(5, 10, 0), QEMU: V(4, 2, 0)}, with(func(s *MigrateSpec) { s.TLS = true; s.TLSDestination = "h" }), false},
+		{"auto-converge steps without the flag", debian12, with(func(s *MigrateSpec) { s.AutoConvergeIni = 60 }), false},
+	}
+	for _, tc := range tests {
+		err := CheckCapabilities(tc.v, tc.spec)
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: CheckCapabilities = %v, want ok=%v", tc.name, err, tc.ok)
+		}
+		if err != nil && !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("%s: %v is not ErrInvalidArgument", tc.name, err)
+		}
+	}
+}
