@@ -124,8 +124,10 @@ func Decide(p Policy, st *State, s Sample) Action {
 		st.progressAt, st.lastAt, st.lastProcessed = s.At, s.At, js.DataProcessed
 		st.iterPeak, st.iterStart = map[uint64]uint64{}, map[uint64]time.Duration{}
 		st.nonConvergedAt = -1
-		st.Downtime = p.InitialDowntime
-		return Action{Kind: ActSetDowntime, Downtime: p.InitialDowntime, Reason: "initial max downtime"}
+		if st.Downtime == 0 { // a re-attached monitor keeps what was set before
+			st.Downtime = p.InitialDowntime
+			return Action{Kind: ActSetDowntime, Downtime: p.InitialDowntime, Reason: "initial max downtime"}
+		}
 	}
 	if js.Type != virt.JobUnbounded {
 		return Action{}

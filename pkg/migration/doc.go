@@ -1,0 +1,36 @@
+// Package migration is ferry's engine: it runs a live migration from this
+// host to another so that it always ends well — it converges, switches
+// strategy, or aborts with a reason an operator can act on — and it keeps
+// doing so across restarts of ferry itself.
+//
+// A Migration moves through Nova's phases (queued, preparing, running,
+// running (post-copy), completed | failed | cancelled | error) along one
+// transition table; every move is journalled (a small file per migration
+// under the state directory), logged and reported to the caller's Hooks.
+// Work runs as named steps ("job-started", "read-stats", "undefine-source",
+// "finish", "resume-guest", "rollback"); a done step is journalled, so a
+// restarted engine neither repeats nor forgets one.
+//
+// The monitor samples the job every half second and feeds Decide, a pure
+// function of the samples that estimates the bandwidth B, the floor F of the
+// per-pass dirty set and the downtime F/B a switch-over needs, and picks one
+// lever: max downtime, post-copy, pause or abort.
+//
+// # What a restart can rely on
+//
+// Probe (integration/engine TestProbeJobSurvivesConnectionClose, libvirt
+// 9.0.0, QEMU 7.2): a peer-to-peer job whose Perform3Params connection is
+// closed three seconds in keeps running — the Perform call returns
+// "procedure interrupted", job stats on another connection go on rising,
+// the job completes, the destination domain runs (reason "migrated"), the
+// source shuts off (reason "migrated") and its completed-job statistics
+// (downtime included) can still be read. So closing the engine detaches:
+// it stops monitoring, journals "detached" and closes its connections, and
+// never aborts. Only Abort or the policy aborts a job. A new engine on the
+// same state directory re-attaches: it polls the job while libvirt reports
+// one, and when there is none it settles the outcome from both hosts'
+// domain states (Nova's find_job_type rule, cross-checked with the
+// destination): the source gone or shut off with the destination running
+// means completed; the guest running on the source only means failed (or
+// cancelled); anything else is an error an operator must look at.
+package migration

@@ -1,0 +1,326 @@
+// Package virttest is a scripted stand-in for libvirt hosts, for unit tests
+// of the migration engine. A World holds hosts by URI; a Conn to a host is a
+// handle that implements the engine's Hypervisor. A migration job moves RAM
+// at Job.BandwidthMiBps while the guest dirties Job.WSMiB at Job.DirtyMiBps,
+// and switches over once the dirty set fits bandwidth × max downtime, as
+// QEMU does. Closing the connection that started a job does not stop it
+// (libvirt behaves the same for peer-to-peer jobs).
+package virttest
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"opendev.org/x/ferry/pkg/errdefs"
+	"opendev.org/x/ferry/pkg/virt"
+)
+
+// Job shapes every migration the world runs. Zero values: 256 MiB RAM, idle,
+// 100 MiB/s.
+type Job struct {
+	RAMMiB, WSMiB  float64
+	DirtyMiBps     float64
+	BandwidthMiBps float64
+	// LinkDown, when it returns true, stops bytes from moving.
+	LinkDown func() bool
+	// FailPerform, when set, makes Perform fail at once with this error.
+	FailPerform error
+}
+
+// World is a set of fake hosts.
+type World struct {
+	mu    sync.Mutex
+	hosts map[string]*Host // by URI
+	Job   Job
+	Calls []Call
+}
+
+// Call is one recorded operation.
+type Call struct {
+	URI, Op, Dom string
+	Spec         virt.MigrateSpec
+	Control      virt.Control
+}
+
+// Host is one fake libvirt host.
+type Host struct {
+	URI     string
+	HostURI map[string]string // Perform's DestURI → the World URI of that host
+	domains map[string]*virt.DomainState
+	jobs    map[string]*job
+	done    map[string]virt.JobStats // completed-job stats
+}
+
+type job struct {
+	spec       virt.MigrateSpec
+	dest       *Host
+	start      time.Time
+	processed  float64
+	remaining  float64
+	dirtyAcc   float64
+	iter       uint64
+	downtime   time.Duration
+	postcopy   bool
+	paused     bool
+	aborted    bool
+	finished   chan error
+	lastMoveAt time.Time
+}
+
+// NewWorld makes a world with the named hosts.
+func NewWorld(uris ...string) *World {
+	w := &World{hosts: map[string]*Host{}}
+	for _, u := range uris {
+		w.hosts[u] = &Host{URI: u, HostURI: map[string]string{}, domains: map[string]*virt.DomainState{},
+			jobs: map[string]*job{}, done: map[string]virt.JobStats{}}
+	}
+	return w
+}
+
+// Host returns the host with the URI.
+func (w *World) Host(uri string) *Host { return w.hosts[uri] }
+
+// Define puts a running domain on a host.
+func (w *World) Define(uri, dom string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.hosts[uri].domains[dom] = &virt.DomainState{State: virt.StateRunning}
+}
+
+// State returns a domain's state on a host (ok false: no such domain).
+func (w *World) State(uri, dom string) (virt.DomainState, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	st, ok := w.hosts[uri].domains[dom]
+	if !ok {
+		return virt.DomainState{}, false
+	}
+	return *st, true
+}
+
+// Ops lists the recorded operation names.
+func (w *World) Ops() []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []string
+	for _, c := range w.Calls {
+		out = append(out, c.Op)
+	}
+	return out
+}
+
+// Dial returns a connection to a host.
+func (w *World) Dial(_ context.Context, uri string) (*Conn, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if _, ok := w.hosts[uri]; !ok {
+		return nil, fmt.Errorf("dial %s: %w: no such host", uri, errdefs.ErrUnavailable)
+	}
+	return &Conn{w: w, uri: uri, closed: make(chan struct{})}, nil
+}
+
+// Conn is a connection to a fake host.
+type Conn struct {
+	w      *World
+	uri    string
+	once   sync.Once
+	closed chan struct{}
+}
+
+// Close ends the connection; a Migrate waiting on it returns ErrUnavailable.
+func (c *Conn) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return nil
+}
+
+func (c *Conn) host() *Host { return c.w.hosts[c.uri] }
+
+func (c *Conn) rec(op, dom string, s virt.MigrateSpec, ctl virt.Control) {
+	c.w.Calls = append(c.w.Calls, Call{URI: c.uri, Op: op, Dom: dom, Spec: s, Control: ctl})
+}
+
+// Migrate starts the job and waits for it like Perform3Params.
+func (c *Conn) Migrate(ctx context.Context, dom string, s virt.MigrateSpec) error {
+	c.w.mu.Lock()
+	h := c.host()
+	c.rec("migrate", dom, s, virt.Control{})
+	st, ok := h.domains[dom]
+	if !ok {
+		c.w.mu.Unlock()
+		return fmt.Errorf("migrate %s: %w", dom, errdefs.ErrNotFound)
+	}
+	if c.w.Job.FailPerform != nil {
+		c.w.mu.Unlock()
+		return c.w.Job.FailPerform
+	}
+	j := h.jobs[dom]
+	if j == nil || !s.PostcopyResume {
+		dest := c.w.hosts[h.HostURI[s.DestURI]]
+		if dest == nil {
+			c.w.mu.Unlock()
+			return fmt.Errorf("migrate %s: %w: unknown destination %s", dom, errdefs.ErrUnavailable, s.DestURI)
+		}
+		ram := max(c.w.Job.RAMMiB, 1) * (1 << 20)
+		if c.w.Job.RAMMiB == 0 {
+			ram = 256 << 20
+		}
+		j = &job{spec: s, dest: dest, start: time.Now(), remaining: ram, iter: 1, downtime: 300 * time.Millisecond,
+			finished: make(chan error, 1), lastMoveAt: time.Now()}
+		h.jobs[dom] = j
+		go c.w.runJob(h, dom, j) // owner: the fake host; ends with the job
+	}
+	_ = st
+	c.w.mu.Unlock()
+	select {
+	case err := <-j.finished:
+		j.finished <- err // let another waiter (post-copy resume) see it too
+		return err
+	case <-c.closed:
+		return fmt.Errorf("migrate %s: %w: connection closed", dom, errdefs.ErrUnavailable)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (w *World) runJob(h *Host, dom string, j *job) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for range t.C {
+		w.mu.Lock()
+		err, end := w.stepJob(j)
+		if end {
+			delete(h.jobs, dom)
+			elapsed := time.Since(j.start)
+			if err == nil {
+				h.domains[dom].State, h.domains[dom].Reason = virt.StateShutoff, 3
+				j.dest.domains[dom] = &virt.DomainState{State: virt.StateRunning, Reason: 2}
+				h.done[dom] = virt.JobStats{Type: virt.JobCompleted, Elapsed: elapsed, Downtime: j.downtime,
+					MemProcessed: uint64(j.processed), MemIteration: j.iter}
+			} else {
+				h.domains[dom].State = virt.StateRunning
+			}
+			w.mu.Unlock()
+			j.finished <- err
+			return
+		}
+		w.mu.Unlock()
+	}
+}
+
+// stepJob advances a job by 100 ms; w.mu is held.
+func (w *World) stepJob(j *job) (error, bool) {
+	if j.aborted {
+		return fmt.Errorf("operation aborted: job 'migration out' canceled by client: %w", errdefs.ErrAborted), true
+	}
+	bw := w.Job.BandwidthMiBps
+	if bw == 0 {
+		bw = 100
+	}
+	b := bw * (1 << 20) / 10
+	if w.Job.LinkDown != nil && w.Job.LinkDown() {
+		b = 0
+	} else {
+		j.lastMoveAt = time.Now()
+	}
+	x := min(b, j.remaining)
+	j.remaining -= x
+	j.processed += x
+	if j.postcopy {
+		return nil, j.remaining <= 0
+	}
+	if !j.paused {
+		j.dirtyAcc = min(w.Job.WSMiB*(1<<20), j.dirtyAcc+w.Job.DirtyMiBps*(1<<20)/10)
+	}
+	pending := j.remaining + j.dirtyAcc
+	if j.iter >= 2 && b > 0 && pending <= b*10*j.downtime.Seconds() {
+		return nil, true
+	}
+	if j.remaining <= 0 {
+		j.iter++
+		j.remaining, j.dirtyAcc = j.dirtyAcc, 0
+	}
+	return nil, false
+}
+
+// JobStats reports the running job, or the last completed one.
+func (c *Conn) JobStats(_ context.Context, dom string, completed bool) (virt.JobStats, error) {
+	c.w.mu.Lock()
+	defer c.w.mu.Unlock()
+	h := c.host()
+	if _, ok := h.domains[dom]; !ok {
+		return virt.JobStats{}, fmt.Errorf("job stats %s: %w", dom, errdefs.ErrNotFound)
+	}
+	if completed {
+		return h.done[dom], nil
+	}
+	j := h.jobs[dom]
+	if j == nil {
+		return virt.JobStats{Type: virt.JobNone}, nil
+	}
+	bw := c.w.Job.BandwidthMiBps
+	if bw == 0 {
+		bw = 100
+	}
+	bps := uint64(bw * (1 << 20))
+	if time.Since(j.lastMoveAt) > 200*time.Millisecond {
+		bps = 0
+	}
+	return virt.JobStats{Type: virt.JobUnbounded, Elapsed: time.Since(j.start), DataProcessed: uint64(j.processed),
+		MemProcessed: uint64(j.processed), MemRemaining: uint64(j.remaining), MemIteration: j.iter, MemBps: bps}, nil
+}
+
+// DomainState reports a domain's state.
+func (c *Conn) DomainState(_ context.Context, dom string) (virt.DomainState, error) {
+	c.w.mu.Lock()
+	defer c.w.mu.Unlock()
+	st, ok := c.host().domains[dom]
+	if !ok {
+		return virt.DomainState{}, fmt.Errorf("state %s: %w", dom, errdefs.ErrNotFound)
+	}
+	return *st, nil
+}
+
+// Control applies a run-time action.
+func (c *Conn) Control(_ context.Context, dom string, ctl virt.Control) error {
+	c.w.mu.Lock()
+	defer c.w.mu.Unlock()
+	h := c.host()
+	c.rec(ctl.Op.String(), dom, virt.MigrateSpec{}, ctl)
+	st, ok := h.domains[dom]
+	if !ok {
+		return fmt.Errorf("%s %s: %w", ctl.Op, dom, errdefs.ErrNotFound)
+	}
+	j := h.jobs[dom]
+	switch ctl.Op {
+	case virt.OpUndefine:
+		delete(h.domains, dom)
+		return nil
+	case virt.OpSuspend:
+		st.State = virt.StatePaused
+		if j != nil {
+			j.paused = true
+		}
+		return nil
+	case virt.OpResume:
+		st.State = virt.StateRunning
+		return nil
+	}
+	if j == nil {
+		return fmt.Errorf("%s %s: %w: no job", ctl.Op, dom, errdefs.ErrFailedPrecondition)
+	}
+	switch ctl.Op {
+	case virt.OpSetDowntime:
+		j.downtime = ctl.Downtime
+	case virt.OpStartPostCopy:
+		if !j.spec.PostCopy {
+			return fmt.Errorf("post-copy %s: %w: job not started with post-copy", dom, errdefs.ErrFailedPrecondition)
+		}
+		j.postcopy = true
+		j.remaining += j.dirtyAcc
+	case virt.OpAbort:
+		j.aborted = true
+	}
+	return nil
+}
