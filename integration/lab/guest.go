@@ -39,6 +39,7 @@ type Guest struct {
 	NBDPort       int
 	loopBacking   string
 	nbdExportName string
+	ctlGen        int
 }
 
 // Volume serials: the lab's stand-ins for Cinder volume ids.
@@ -56,7 +57,7 @@ var domainTmpl = template.Must(template.New("domain").Parse(`<domain type='qemu'
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>{{.Kernel}}</kernel>
     <initrd>{{.Initrd}}</initrd>
-    <cmdline>console=ttyS0 panic=-1 loglevel=4 lab.ws={{.Spec.WSMiB}} lab.rate={{.Spec.RateMiBps}} lab.hb=100</cmdline>
+    <cmdline>console=ttyS0 panic=-1 loglevel=4 lab.ws={{.Spec.WSMiB}} lab.rate={{.Spec.RateMiBps}} lab.hb=100 lab.ctl=vdc</cmdline>
   </os>
   <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>
   <clock offset='utc'/>
@@ -350,4 +351,48 @@ func (g *Guest) VolumeTicks() (block, network Tick, err error) {
 	}
 	network, err = read(g.NBDFile)
 	return
+}
+
+// SetDirty re-shapes the running guest's dirtier (working set and rate; a
+// zero rate makes it idle) through the control block on its network volume,
+// and waits until the guest, running on h, confirms.
+func (l *Lab) SetDirty(ctx context.Context, h *Host, g *Guest, wsMiB, rateMiBps int) error {
+	g.ctlGen++
+	line := fmt.Sprintf("LABCTL ws=%d rate=%d gen=%d\n", wsMiB, rateMiBps, g.ctlGen)
+	f, err := os.OpenFile(g.NBDFile, os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	buf := make([]byte, 4096)
+	copy(buf, line)
+	_, err = f.WriteAt(buf, 4096)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	want := fmt.Sprintf("DIRTIER set ws_mib=%d rate_mibps=%d gen=%d", wsMiB, rateMiBps, g.ctlGen)
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if b, _ := os.ReadFile(g.SerialLog(h)); strings.Contains(string(b), want) {
+			g.Spec.WSMiB, g.Spec.RateMiBps = wsMiB, rateMiBps
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("guest %s on %s did not confirm %q within 30s", g.Spec.Name, h.Name, want)
+}
+
+// LogOffset is the size of the guest's console log on h, to read only what
+// comes after it.
+func (g *Guest) LogOffset(h *Host) int64 { return fileSize(g.SerialLog(h)) }
+
+// BeatsAfter waits for n heartbeats printed on h after byte offset off.
+func (l *Lab) BeatsAfter(ctx context.Context, h *Host, g *Guest, off int64, n int, timeout time.Duration) ([]Beat, error) {
+	return l.waitBeatsFrom(ctx, h, g, off, n, timeout)
 }

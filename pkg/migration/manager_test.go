@@ -326,3 +326,44 @@ func TestManagerStallAbort(t *testing.T) {
 		}
 	})
 }
+
+// The link fails after the switch to post-copy: the engine pauses the
+// stalled stream and resumes it once the link is back.
+func TestManagerPostcopyRecovery(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t)
+		var mu sync.Mutex
+		down := false
+		f.w.Job = virttest.Job{RAMMiB: 512, WSMiB: 256, DirtyMiBps: 200, BandwidthMiBps: 50,
+			LinkDown: func() bool { mu.Lock(); defer mu.Unlock(); return down }}
+		m := f.manager(t)
+		stop := runManager(m)
+		defer stop()
+		time.Sleep(time.Millisecond)
+		m.Start(context.Background(), req("m", Policy{PostCopy: true}))
+		waitPhase(t, m, "m", PhasePostCopy)
+		mu.Lock()
+		down = true
+		mu.Unlock()
+		time.Sleep(8 * time.Second)
+		if st, _ := f.w.State("src", "vm"); st.Reason != virt.ReasonPausedPostcopyFailed {
+			t.Errorf("source = %+v, want paused (post-copy failed)", st)
+		}
+		mu.Lock()
+		down = false
+		mu.Unlock()
+		s := waitPhase(t, m, "m", PhaseCompleted)
+		var acts []string
+		for _, a := range s.Record.Actions {
+			acts = append(acts, a.Action)
+		}
+		for _, want := range []string{"post-copy", "post-copy-pause", "post-copy-resume"} {
+			if !strings.Contains(strings.Join(acts, ","), want) {
+				t.Errorf("actions %v lack %s", acts, want)
+			}
+		}
+		if st, ok := f.w.State("dst", "vm"); !ok || st.State != virt.StateRunning {
+			t.Errorf("destination = %+v", st)
+		}
+	})
+}

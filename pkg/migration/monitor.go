@@ -88,7 +88,7 @@ func (r *runner) running(ctx context.Context) error {
 				continue
 			}
 			if js.Type == virt.JobNone {
-				if done == nil { // re-attached (or lost the call): no job means it ended
+				if done == nil && !js.Busy { // re-attached (or lost the call): no job means it ended
 					ended = true
 				}
 				continue
@@ -156,6 +156,10 @@ func (r *runner) apply(ctx context.Context, src Hypervisor, a Action) error {
 	case ActAbort:
 		r.update(func(m *Migration) { m.Reason = a.Reason })
 		err = src.Control(ctx, dom, virt.Control{Op: virt.OpAbort})
+	case ActPostcopyPause:
+		if err = src.Control(ctx, dom, virt.Control{Op: virt.OpPostcopyPause}); err != nil {
+			r.st.pcBroken = false // e.g. the switch to post-copy has not happened yet; try again later
+		}
 	}
 	r.record(a.Kind.String(), a.Downtime, a.Reason, err)
 	return err
@@ -345,11 +349,16 @@ func (r *runner) recoverPostcopy(ctx context.Context, src Hypervisor) error {
 	}
 	spec := r.startSpec()
 	spec.PostcopyResume = true
+	// The disks were mirrored before the switch to post-copy; a resume
+	// carries RAM only.
+	spec.Copy, spec.Disks, spec.DisksURI = virt.CopyNone, nil, ""
 	deadline := time.Now().Add(r.m.o.PostcopyRecovery)
 	for attempt := 1; time.Now().Before(deadline); attempt++ {
 		mc, err := r.m.o.Dial(ctx, r.m.o.LocalURI)
 		if err == nil {
-			err = mc.Migrate(ctx, snap.Domain, spec)
+			actx, cancel := context.WithTimeout(ctx, time.Minute)
+			err = mc.Migrate(actx, snap.Domain, spec)
+			cancel()
 			mc.Close()
 		}
 		r.record("post-copy-resume", 0, fmt.Sprintf("attempt %d", attempt), err)

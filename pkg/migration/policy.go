@@ -58,10 +58,14 @@ const (
 	ActPostCopy
 	ActPause
 	ActAbort
+	// ActPostcopyPause breaks a stalled post-copy stream so that it can be
+	// resumed once the link is back (QEMU only recovers a stream that was
+	// declared broken; a dead link alone leaves TCP retrying for minutes).
+	ActPostcopyPause
 )
 
 func (k ActionKind) String() string {
-	return [...]string{"none", "set-downtime", "post-copy", "pause", "abort"}[k]
+	return [...]string{"none", "set-downtime", "post-copy", "pause", "abort", "post-copy-pause"}[k]
 }
 
 // Action is one decision, with the reason an operator reads.
@@ -98,6 +102,7 @@ type State struct {
 	throttleMaxIt  uint64 // iteration at which auto-converge reached its maximum
 	nonConvergedAt time.Duration
 	timedOut       bool
+	pcBroken       bool
 
 	Bps          float64       // smoothed memory bandwidth, bytes/s, only while bytes flow
 	Floor        uint64        // F: lowest per-iteration dirty set over recent iterations
@@ -157,6 +162,10 @@ func Decide(p Policy, st *State, s Sample) Action {
 		if !st.stalled && idle >= p.StallAfter {
 			st.stalled, st.stallStart = true, st.progressAt
 			st.Stalls++
+		}
+		if st.stalled && st.PostCopy && !st.pcBroken {
+			st.pcBroken = true
+			return Action{Kind: ActPostcopyPause, Reason: fmt.Sprintf("post-copy stream stalled for %s: pausing it to resume once the link is back", round(idle))}
 		}
 		if st.stalled && !st.PostCopy && idle >= p.StallLimit {
 			return Action{Kind: ActAbort, Reason: fmt.Sprintf("transport stall: no bytes for %s", round(idle))}

@@ -94,7 +94,7 @@ type Record struct {
 
 // ActionRecord is one action the monitor took.
 type ActionRecord struct {
-	At       time.Duration `json:"at"` // since the job started
+	At       time.Duration `json:"at"` // since the Perform call (or the re-attach) began
 	Action   string        `json:"action"`
 	Downtime time.Duration `json:"downtime,omitempty"`
 	Reason   string        `json:"reason,omitempty"`

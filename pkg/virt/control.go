@@ -28,6 +28,9 @@ const (
 	OpUndefine
 	// OpSetSpeed sets the job's bandwidth cap to Control.MiBps.
 	OpSetSpeed
+	// OpPostcopyPause breaks a stalled post-copy stream on purpose, so that
+	// the job enters PAUSED_POSTCOPY_FAILED and can be resumed.
+	OpPostcopyPause
 )
 
 func (o Op) String() string {
@@ -46,6 +49,8 @@ func (o Op) String() string {
 		return "undefine"
 	case OpSetSpeed:
 		return "set-max-speed"
+	case OpPostcopyPause:
+		return "post-copy-pause"
 	}
 	return fmt.Sprintf("op(%d)", int(o))
 }
@@ -76,6 +81,8 @@ func (c *Conn) Control(ctx context.Context, name string, ctl Control) error {
 		f = func() error { return c.l.DomainMigrateStartPostCopy(d, 0) }
 	case OpAbort:
 		f = func() error { return c.l.DomainAbortJob(d) }
+	case OpPostcopyPause:
+		f = func() error { return c.l.DomainAbortJobFlags(d, uint32(libvirt.DomainAbortJobPostcopy)) }
 	case OpSuspend:
 		f = func() error { return c.l.DomainSuspend(d) }
 	case OpResume:

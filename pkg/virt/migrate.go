@@ -180,6 +180,9 @@ type JobStats struct {
 	DiskBps         uint64
 	AutoConvergePct int
 	ErrMsg          string
+	// Busy: a libvirt job holds the domain although no migration statistics
+	// exist yet (a peer-to-peer migration preparing the destination).
+	Busy bool
 }
 
 // JobType is libvirt's job type.
@@ -220,7 +223,18 @@ func (c *Conn) JobStats(ctx context.Context, name string, completed bool) (JobSt
 		}
 		return JobStats{}, err
 	}
-	return decodeJobStats(r.t, r.p), nil
+	js := decodeJobStats(r.t, r.p)
+	if !completed && js.Type == JobNone {
+		state, err := call(ctx, c.timeouts.Query, "control info of "+name, func() (uint32, error) {
+			st, _, _, err := c.l.DomainGetControlInfo(d, 0)
+			return st, err
+		})
+		if err != nil {
+			return JobStats{}, err
+		}
+		js.Busy = libvirt.DomainControlState(state) == libvirt.DomainControlJob
+	}
+	return js, nil
 }
 
 func decodeJobStats(typ int32, ps []libvirt.TypedParam) JobStats {

@@ -9,7 +9,11 @@
 //     -1 = as fast as it can), one byte per 4 KiB page, paced in 10 ms slices;
 //   - every lab.tick milliseconds it writes "LABTICK <dev> n=<counter>
 //     boot=<id>" into sector 0 of every virtio disk and prints what it wrote,
-//     so a host can read the counter back from a volume's backing store.
+//     so a host can read the counter back from a volume's backing store;
+//   - every 500 ms it reads a control block, "LABCTL ws=<MiB> rate=<MiB/s>
+//     gen=<n>", at byte 4096 of disk lab.ctl (O_DIRECT, so the host's writes
+//     are seen), and re-shapes the dirtier when gen changes: one booted guest
+//     serves idle and dirtying tests alike.
 //
 // Parameters come from the kernel command line. It is built statically
 // (CGO_ENABLED=0) and runs as the last step of the initramfs's /init.
@@ -37,6 +41,7 @@ type params struct {
 	rateMiB int           // MiB/s; 0 idle, -1 unlimited
 	hb      time.Duration // heartbeat period
 	tick    time.Duration // disk tick period
+	ctl     string        // disk holding the control block ("" = none)
 }
 
 func parseCmdline(s string) params {
@@ -44,6 +49,10 @@ func parseCmdline(s string) params {
 	for _, f := range strings.Fields(s) {
 		k, v, ok := strings.Cut(f, "=")
 		if !ok {
+			continue
+		}
+		if k == "lab.ctl" {
+			p.ctl = v
 			continue
 		}
 		n, err := strconv.Atoi(v)
@@ -86,10 +95,12 @@ func main() {
 	start := time.Now()
 	say("AGENT START boot=%s ws_mib=%d rate_mibps=%d hb_ms=%d", boot, p.wsMiB, p.rateMiB, p.hb.Milliseconds())
 
-	if p.wsMiB > 0 && p.rateMiB != 0 {
-		go dirty(p.wsMiB, p.rateMiB)
-	}
+	d := &dirtier{}
+	d.set(p.wsMiB, p.rateMiB)
 	go tickDisks(boot, p.tick)
+	if p.ctl != "" {
+		go control("/dev/"+p.ctl, d)
+	}
 
 	t := time.NewTicker(p.hb)
 	defer t.Stop()
@@ -109,8 +120,28 @@ func main() {
 	}
 }
 
-// dirty writes one byte per page over a working set of wsMiB at rateMiB MiB/s.
-func dirty(wsMiB, rateMiB int) {
+// dirtier writes one byte per page over a working set at a rate; set
+// replaces the running one.
+type dirtier struct {
+	stop chan struct{}
+	done chan struct{}
+}
+
+func (d *dirtier) set(wsMiB, rateMiB int) {
+	if d.stop != nil {
+		close(d.stop)
+		<-d.done
+		d.stop = nil
+	}
+	if wsMiB <= 0 || rateMiB == 0 {
+		return
+	}
+	d.stop, d.done = make(chan struct{}), make(chan struct{})
+	go dirty(wsMiB, rateMiB, d.stop, d.done)
+}
+
+func dirty(wsMiB, rateMiB int, stop, done chan struct{}) {
+	defer close(done)
 	size := wsMiB << 20
 	mem, err := syscall.Mmap(-1, 0, size, syscall.PROT_READ|syscall.PROT_WRITE,
 		syscall.MAP_PRIVATE|syscall.MAP_ANONYMOUS|syscall.MAP_POPULATE)
@@ -118,6 +149,7 @@ func dirty(wsMiB, rateMiB int) {
 		say("DIRTIER error mmap %d MiB: %v", wsMiB, err)
 		return
 	}
+	defer syscall.Munmap(mem)
 	pages := size / pageSize
 	say("DIRTIER start ws_mib=%d rate_mibps=%d pages=%d", wsMiB, rateMiB, pages)
 	const slice = 10 * time.Millisecond
@@ -128,7 +160,12 @@ func dirty(wsMiB, rateMiB int) {
 	t := time.NewTicker(slice)
 	defer t.Stop()
 	pos := 0
-	for range t.C {
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
 		for i := 0; i < perSlice; i++ {
 			mem[pos*pageSize]++
 			pos++
@@ -137,6 +174,41 @@ func dirty(wsMiB, rateMiB int) {
 			}
 		}
 		dirtiedPages.Add(uint64(perSlice))
+	}
+}
+
+// control polls the control block and re-shapes the dirtier.
+func control(dev string, d *dirtier) {
+	buf, err := syscall.Mmap(-1, 0, 4096, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_PRIVATE|syscall.MAP_ANONYMOUS)
+	if err != nil {
+		say("CONTROL error: %v", err)
+		return
+	}
+	last := ""
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for range t.C {
+		fd, err := syscall.Open(dev, syscall.O_RDONLY|syscall.O_DIRECT, 0)
+		if err != nil {
+			continue
+		}
+		n, err := syscall.Pread(fd, buf, 4096)
+		syscall.Close(fd)
+		if err != nil || n < 64 {
+			continue
+		}
+		line, _, _ := strings.Cut(string(buf[:256]), "\n")
+		if !strings.HasPrefix(line, "LABCTL ") || line == last {
+			continue
+		}
+		last = line
+		var ws, rate, gen int
+		if _, err := fmt.Sscanf(line, "LABCTL ws=%d rate=%d gen=%d", &ws, &rate, &gen); err != nil {
+			say("CONTROL bad line %q", line)
+			continue
+		}
+		d.set(ws, rate)
+		say("DIRTIER set ws_mib=%d rate_mibps=%d gen=%d", ws, rate, gen)
 	}
 }
 

@@ -51,6 +51,7 @@ type Host struct {
 	domains map[string]*virt.DomainState
 	jobs    map[string]*job
 	done    map[string]virt.JobStats // completed-job stats
+	broken  map[string]*job          // post-copy jobs paused after a failure
 }
 
 type job struct {
@@ -65,6 +66,7 @@ type job struct {
 	postcopy   bool
 	paused     bool
 	aborted    bool
+	pcPaused   bool
 	finished   chan error
 	lastMoveAt time.Time
 }
@@ -74,7 +76,7 @@ func NewWorld(uris ...string) *World {
 	w := &World{hosts: map[string]*Host{}}
 	for _, u := range uris {
 		w.hosts[u] = &Host{URI: u, HostURI: map[string]string{}, domains: map[string]*virt.DomainState{},
-			jobs: map[string]*job{}, done: map[string]virt.JobStats{}}
+			jobs: map[string]*job{}, done: map[string]virt.JobStats{}, broken: map[string]*job{}}
 	}
 	return w
 }
@@ -156,7 +158,21 @@ func (c *Conn) Migrate(ctx context.Context, dom string, s virt.MigrateSpec) erro
 		return c.w.Job.FailPerform
 	}
 	j := h.jobs[dom]
-	if j == nil || !s.PostcopyResume {
+	if s.PostcopyResume {
+		j = h.broken[dom]
+		if j == nil {
+			c.w.mu.Unlock()
+			return fmt.Errorf("resume %s: %w: no failed post-copy migration", dom, errdefs.ErrFailedPrecondition)
+		}
+		if c.w.Job.LinkDown != nil && c.w.Job.LinkDown() {
+			c.w.mu.Unlock()
+			return fmt.Errorf("resume %s: %w: destination unreachable", dom, errdefs.ErrUnavailable)
+		}
+		delete(h.broken, dom)
+		j.pcPaused, j.finished = false, make(chan error, 1)
+		h.jobs[dom] = j
+		go c.w.runJob(h, dom, j) // owner: the fake host; ends with the job
+	} else if j == nil {
 		dest := c.w.hosts[h.HostURI[s.DestURI]]
 		if dest == nil {
 			c.w.mu.Unlock()
@@ -198,6 +214,10 @@ func (w *World) runJob(h *Host, dom string, j *job) {
 				j.dest.domains[dom] = &virt.DomainState{State: virt.StateRunning, Reason: 2}
 				h.done[dom] = virt.JobStats{Type: virt.JobCompleted, Elapsed: elapsed, Downtime: j.downtime,
 					MemProcessed: uint64(j.processed), MemIteration: j.iter}
+			} else if j.pcPaused {
+				h.domains[dom].State, h.domains[dom].Reason = virt.StatePaused, virt.ReasonPausedPostcopyFailed
+				j.dest.domains[dom] = &virt.DomainState{State: virt.StateRunning, Reason: 11}
+				h.broken[dom] = j
 			} else {
 				h.domains[dom].State = virt.StateRunning
 			}
@@ -213,6 +233,9 @@ func (w *World) runJob(h *Host, dom string, j *job) {
 func (w *World) stepJob(j *job) (error, bool) {
 	if j.aborted {
 		return fmt.Errorf("operation aborted: job 'migration out' canceled by client: %w", errdefs.ErrAborted), true
+	}
+	if j.pcPaused {
+		return fmt.Errorf("operation failed: job 'migration out' failed in post-copy phase: %w", errdefs.ErrFailedPrecondition), true
 	}
 	bw := w.Job.BandwidthMiBps
 	if bw == 0 {
@@ -321,6 +344,11 @@ func (c *Conn) Control(_ context.Context, dom string, ctl virt.Control) error {
 		j.remaining += j.dirtyAcc
 	case virt.OpAbort:
 		j.aborted = true
+	case virt.OpPostcopyPause:
+		if !j.postcopy {
+			return fmt.Errorf("post-copy pause %s: %w: current job is not outgoing migration in post-copy mode", dom, errdefs.ErrFailedPrecondition)
+		}
+		j.pcPaused = true
 	}
 	return nil
 }

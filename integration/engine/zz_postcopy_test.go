@@ -1,0 +1,57 @@
+//go:build integration
+
+package engine
+
+import (
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"opendev.org/x/ferry/pkg/migration"
+	"opendev.org/x/ferry/pkg/virt"
+)
+
+// After the switch to post-copy the link drops for 5 s. ferry sees the
+// stream stall, pauses it on purpose (QEMU only recovers a stream declared
+// broken) so both sides enter PAUSED_POSTCOPY_FAILED, and asks libvirt to
+// resume it once the link is back. It runs last: when the resume does not
+// work the guest's memory stays split between the hosts.
+func TestPostcopyRecovery(t *testing.T) {
+	dirty(t, 256, 200)
+	r := start(t, migration.Policy{PostCopy: true}, 30, "")
+	waitPhase(t, r, migration.PhasePostCopy)
+	waitSourceState(t, r, virt.StatePaused, virt.ReasonPausedPostcopy) // the guest now runs on the destination
+	linkBack := cut(t, r, 0, 5*time.Second)
+	waitSourceState(t, r, virt.StatePaused, virt.ReasonPausedPostcopyFailed)
+	<-linkBack
+	s := r.wait(t, 5*time.Minute)
+	a := actions(s)
+	if !slices.Contains(a, "post-copy-pause") || !slices.Contains(a, "post-copy-resume") {
+		t.Fatalf("actions %v, want the stalled stream paused and a resume attempted", a)
+	}
+	if s.Phase == migration.PhaseCompleted {
+		r.moved(t)
+		return
+	}
+	// libvirt 9.0 with QEMU 7.2 under TCG: both QEMUs report "Detected IO
+	// failure for postcopy. Migration paused.", but the POSTCOPY_RESUME
+	// Perform3Params call never returns; later attempts are refused with
+	// "migration of domain ... is being actively monitored by another thread".
+	evidence := ""
+	for _, h := range theLab.Hosts {
+		out, _ := exec.Command("sh", "-c", "grep -hE 'postcopy|post-copy|Migration paused' "+h.LogDir()+"/libvirtd.log "+h.LogDir()+"/qemu/engine.log | tail -4").CombinedOutput()
+		evidence += "host " + h.Name + ":\n" + string(out)
+	}
+	stuck := false
+	for _, x := range s.Record.Actions {
+		if x.Action == "post-copy-resume" && (strings.Contains(x.Reason, "context deadline exceeded") || strings.Contains(x.Reason, "actively monitored by another thread")) {
+			stuck = true
+		}
+	}
+	if s.Phase != migration.PhaseError || !stuck {
+		t.Fatalf("phase %s (%s): neither completed nor the known hang of post-copy resume\n%s", s.Phase, s.Reason, evidence)
+	}
+	t.Skipf("post-copy resume does not complete on this libvirt/QEMU (the engine ended in %q: %s); evidence:\n%s", s.Phase, s.Reason, evidence)
+}
