@@ -123,7 +123,10 @@ func newManager(t *testing.T, dir string, from *lab.Host, hooks migration.Hooks)
 
 type logWriter struct{ t *testing.T }
 
-func (w logWriter) Write(p []byte) (int, error) { w.t.Log(strings.TrimSpace(string(p))); return len(p), nil }
+func (w logWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
 
 func runManager(m *migration.Manager) (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
