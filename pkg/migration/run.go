@@ -173,6 +173,8 @@ wait:
 		r.rollback(ctx, reason)
 		r.setPhase(ctx, PhaseFailed, reason)
 	default:
+		// Prepare may have learned the destination's migration address.
+		r.update(func(m *Migration) { m.Spec, m.Extra = snap.Spec, snap.Extra })
 		r.setPhase(ctx, PhaseRunning, "")
 	}
 	return nil

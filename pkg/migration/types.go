@@ -27,7 +27,9 @@ type Dialer func(ctx context.Context, uri string) (Hypervisor, error)
 // destination's preparation). Each must be idempotent: after a restart the
 // engine may call one again if it cannot know whether it finished.
 type Hooks interface {
-	// Prepare readies the destination before the libvirt job starts.
+	// Prepare readies the destination before the libvirt job starts. It may
+	// change m.Spec (e.g. the destination's migration address) and m.Extra;
+	// the engine journals both when it returns nil.
 	Prepare(ctx context.Context, m *Migration) error
 	// Rollback undoes Prepare after a failure; the guest runs on the source.
 	Rollback(ctx context.Context, m *Migration, cause string)

@@ -59,3 +59,35 @@ func ParseDisks(xml string) ([]Disk, error) {
 	}
 	return out, nil
 }
+
+// Guest is what migration pre-checks read from a domain's XML.
+type Guest struct {
+	Type   string // domain type: kvm, qemu
+	CPUXML string // the <cpu> element, for CompareCPU ("" when the domain has none)
+	Model  string // CPU model, for messages
+	Disks  []Disk
+}
+
+// ParseGuest reads the domain type, CPU definition and disks.
+func ParseGuest(xml string) (Guest, error) {
+	var d libvirtxml.Domain
+	if err := d.Unmarshal(xml); err != nil {
+		return Guest{}, fmt.Errorf("parse domain xml: %w: %w", errdefs.ErrInvalidArgument, err)
+	}
+	g := Guest{Type: d.Type}
+	if d.CPU != nil && (d.CPU.Model != nil || len(d.CPU.Features) > 0) {
+		cpu := *d.CPU
+		cpu.Topology, cpu.Numa, cpu.Cache = nil, nil, nil
+		s, err := cpu.Marshal()
+		if err != nil {
+			return Guest{}, fmt.Errorf("cpu xml: %w", err)
+		}
+		g.CPUXML = s
+		if cpu.Model != nil {
+			g.Model = cpu.Model.Value
+		}
+	}
+	var err error
+	g.Disks, err = ParseDisks(xml)
+	return g, err
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	libvirt "github.com/digitalocean/go-libvirt"
+	"github.com/google/uuid"
 )
 
 // State is a domain's libvirt state.
@@ -55,8 +56,13 @@ type DomainState struct {
 	Reason int
 }
 
+// lookup finds a domain by name, or by UUID when the name is one (Nova's
+// instance uuid is the domain's uuid).
 func (c *Conn) lookup(ctx context.Context, name string) (libvirt.Domain, error) {
 	return call(ctx, c.timeouts.Query, "lookup domain "+name, func() (libvirt.Domain, error) {
+		if u, err := uuid.Parse(name); err == nil && len(name) == 36 {
+			return c.l.DomainLookupByUUID(libvirt.UUID(u))
+		}
 		return c.l.DomainLookupByName(name)
 	})
 }

@@ -1,0 +1,45 @@
+package config
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLoadLab(t *testing.T) {
+	c, err := Load("testdata/lab-a.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Host != "lab-a" || c.Migration.Downtime != 2000 || c.Migration.StallLimit.D() != 30*time.Second ||
+		c.Peers["lab-b"].Management != "198.18.0.12" || c.ControlExchange != "nova" || c.Migration.MaxConcurrent != 1 ||
+		c.Migration.CompletionTimeout != 800 {
+		t.Errorf("loaded %+v", c)
+	}
+}
+
+func TestEveryProblemAtOnce(t *testing.T) {
+	_, err := Load("testdata/bad.yaml")
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	for _, want := range []string{"version: 2", "host: required", "transport_url: not a rabbit", "instances_path",
+		"max_concurrent_live_migrations: 0", "live_migration_downtime: 50", "live_migration_timeout_action", "stall_limit",
+		"log.level"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
+		}
+	}
+}
+
+func TestUnknownKeyAndBadDuration(t *testing.T) {
+	b, _ := os.ReadFile("testdata/lab-a.yaml")
+	if _, err := Parse(append(b, []byte("surprise: 1\n")...)); err == nil || !strings.Contains(err.Error(), "surprise") {
+		t.Errorf("unknown key: %v", err)
+	}
+	bad := strings.Replace(string(b), "stall_limit: 30s", "stall_limit: soon", 1)
+	if _, err := Parse([]byte(bad)); err == nil || !strings.Contains(err.Error(), "not a duration") {
+		t.Errorf("bad duration: %v", err)
+	}
+}

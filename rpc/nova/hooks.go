@@ -1,0 +1,221 @@
+package nova
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/sirupsen/logrus"
+
+	"opendev.org/x/ferry/pkg/migration"
+	"opendev.org/x/ferry/pkg/virt"
+)
+
+var _ migration.Hooks = (*Compute)(nil)
+
+// state returns a migration's Nova objects, kept in memory between hooks
+// (object_action replies update them) and rebuilt from the journal after a
+// restart.
+func (c *Compute) state(m *migration.Migration) (*novaState, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if ns, ok := c.novaState[m.ID]; ok {
+		return ns, nil
+	}
+	ns := &novaState{}
+	if err := json.Unmarshal(m.Extra, ns); err != nil || ns.Instance == nil || ns.Migration == nil {
+		return nil, fmt.Errorf("migration %s: no Nova objects in its journal: %v", m.ID, err)
+	}
+	if len(ns.Context) == 0 {
+		ns.Context = AdminContext()
+	}
+	c.novaState[m.ID] = ns
+	return ns, nil
+}
+
+func (c *Compute) log(m *migration.Migration) *logrus.Entry {
+	return c.o.Log.WithFields(logrus.Fields{"migration_id": m.ID, "instance_uuid": m.InstanceUUID})
+}
+
+var rank = map[migration.Phase]int{
+	migration.PhaseQueued: 1, migration.PhasePreparing: 2, migration.PhaseRunning: 3, migration.PhasePostCopy: 4,
+	migration.PhaseCompleted: 5, migration.PhaseFailed: 5, migration.PhaseCancelled: 5, migration.PhaseError: 5,
+}
+
+// Phase saves Migration.status through the conductor, records the
+// instance-action events, and after a restart first reads the status back
+// so the conductor never sees one twice or out of order.
+func (c *Compute) Phase(ctx context.Context, m *migration.Migration) {
+	ns, err := c.state(m)
+	if err != nil {
+		c.log(m).WithError(err).Error("cannot report the phase to Nova")
+		return
+	}
+	log := c.log(m).WithField("status", m.Phase)
+	c.mu.Lock()
+	first := !c.synced[m.ID]
+	c.synced[m.ID] = true
+	c.mu.Unlock()
+	if first && ns.NovaID != 0 {
+		cur, err := c.cond.MigrationByID(ctx, ns.Context, ns.NovaID, ns.Migration.Version)
+		if err == nil {
+			have := migration.Phase(cur.Str("status"))
+			if r, ok := rank[have]; ok && r >= rank[m.Phase] {
+				log.WithField("conductor_status", have).Info("the conductor already has this status; not sent again")
+				ns.Migration = cur
+				return
+			}
+			ns.Migration = cur
+		} else {
+			log.WithError(err).Warn("Migration.get_by_id failed; saving anyway")
+		}
+	}
+	if err := ns.Migration.Set("status", string(m.Phase)); err != nil {
+		log.WithError(err).Error("set status")
+		return
+	}
+	if err := c.cond.Save(ctx, ns.Context, ns.Migration, nil); err != nil {
+		log.WithError(err).Error("Migration.save failed")
+	}
+	const event = "compute_live_migration"
+	switch {
+	case m.Phase == migration.PhaseQueued:
+		if err := c.cond.EventStart(ctx, ns.Context, m.InstanceUUID, event, c.o.Host); err != nil {
+			log.WithError(err).Warn("InstanceActionEvent.event_start failed")
+		}
+	case m.Phase.Terminal():
+		failure := ""
+		if m.Phase != migration.PhaseCompleted {
+			failure = m.Reason
+		}
+		if err := c.cond.EventFinish(ctx, ns.Context, m.InstanceUUID, event, failure); err != nil {
+			log.WithError(err).Warn("InstanceActionEvent.event_finish_with_failure failed")
+		}
+		if m.Phase == migration.PhaseError {
+			if err := c.cond.Fault(ctx, ns.Context, m.InstanceUUID, c.o.Host, m.Reason); err != nil {
+				log.WithError(err).Warn("InstanceFault.create failed")
+			}
+		}
+		c.mu.Lock()
+		delete(c.novaState, m.ID)
+		delete(c.synced, m.ID)
+		c.mu.Unlock()
+	}
+}
+
+// Prepare calls pre_live_migration on the destination and takes its
+// migration address for the data streams.
+func (c *Compute) Prepare(ctx context.Context, m *migration.Migration) error {
+	ns, err := c.state(m)
+	if err != nil {
+		return err
+	}
+	args := map[string]any{"instance": ns.Instance, "migrate_data": ns.MigrateData, "disk": nil}
+	if ns.Disk != nil {
+		args["disk"] = *ns.Disk
+	}
+	res, err := c.callCompute(ctx, ns.Context, m.DestHost, "pre_live_migration", args, true)
+	if err != nil {
+		return err
+	}
+	md := &Object{}
+	if err := json.Unmarshal(res, md); err != nil {
+		return fmt.Errorf("pre_live_migration answered %.200s: %w", res, err)
+	}
+	md.Changes = nil
+	ns.MigrateData = md
+	if addr := md.Str("target_connect_addr"); addr != "" {
+		peer := c.o.Peers[m.DestHost]
+		uris, err := hostnetFor(m.DestHost, peer, addr, c.o.Scheme, c.o.NativeTLS)
+		if err != nil {
+			return err
+		}
+		m.Spec.MigrateURI = uris.Migrate
+		if m.Spec.Copy != virt.CopyNone {
+			m.Spec.DisksURI = uris.Disks
+		}
+	}
+	extra, err := json.Marshal(ns)
+	if err != nil {
+		return err
+	}
+	m.Extra = extra
+	return nil
+}
+
+// Rollback undoes the destination's preparation and gives the instance its
+// task state back (the guest runs on the source).
+func (c *Compute) Rollback(ctx context.Context, m *migration.Migration, cause string) {
+	ns, err := c.state(m)
+	if err != nil {
+		c.log(m).WithError(err).Error("rollback")
+		return
+	}
+	md := ns.MigrateData
+	if md == nil || !md.Bool("is_shared_instance_path") {
+		destroyDisks := md == nil || !md.Bool("is_shared_block_storage")
+		err := c.rpc.Cast(ctx, c.computeTarget(m.DestHost), "rollback_live_migration_at_destination",
+			map[string]any{"instance": ns.Instance, "destroy_disks": destroyDisks, "migrate_data": md},
+			castOptions(ns.Context))
+		if err != nil {
+			c.log(m).WithError(err).Warn("rollback_live_migration_at_destination not sent")
+		}
+	}
+	inst := ns.Instance
+	inst.Changes = nil
+	_ = inst.Set("task_state", nil)
+	_ = inst.Set("progress", 0)
+	if err := c.cond.Save(ctx, ns.Context, inst, map[string]any{"expected_task_state": []string{"migrating"}}); err != nil {
+		c.log(m).WithError(err).Warn("Instance.save after rollback failed")
+	}
+}
+
+// Finish runs post_live_migration_at_destination, then removes the
+// instance's local files here unless the instance path is shared.
+func (c *Compute) Finish(ctx context.Context, m *migration.Migration) error {
+	ns, err := c.state(m)
+	if err != nil {
+		return err
+	}
+	if _, err := c.callCompute(ctx, ns.Context, m.DestHost, "post_live_migration_at_destination",
+		map[string]any{"instance": ns.Instance, "block_migration": ns.BlockMig}, true); err != nil {
+		return err
+	}
+	if ns.MigrateData == nil || !ns.MigrateData.Bool("is_shared_instance_path") {
+		if err := os.RemoveAll(filepath.Join(c.o.InstancesPath, m.InstanceUUID)); err != nil {
+			c.log(m).WithError(err).Warn("could not remove the source's instance directory")
+		}
+	}
+	return nil
+}
+
+// Progress saves the job's byte counts on the Migration and the progress
+// on the Instance, as Nova's save_stats does.
+func (c *Compute) Progress(ctx context.Context, m *migration.Migration, js virt.JobStats) {
+	ns, err := c.state(m)
+	if err != nil {
+		return
+	}
+	mg := ns.Migration
+	for k, v := range map[string]uint64{"memory_total": js.MemTotal, "memory_processed": js.MemProcessed,
+		"memory_remaining": js.MemRemaining, "disk_total": js.DiskTotal, "disk_processed": js.DiskProcessed,
+		"disk_remaining": js.DiskRemaining} {
+		_ = mg.Set(k, v)
+	}
+	if err := c.cond.Save(ctx, ns.Context, mg, nil); err != nil {
+		c.log(m).WithError(err).Debug("progress save failed")
+		return
+	}
+	progress := 0
+	if js.MemTotal > 0 {
+		progress = 100 - int((js.MemRemaining*100+js.MemTotal/2)/js.MemTotal)
+	}
+	inst := ns.Instance
+	inst.Changes = nil
+	_ = inst.Set("progress", progress)
+	if err := c.cond.Save(ctx, ns.Context, inst, nil); err != nil {
+		c.log(m).WithError(err).Debug("instance progress save failed")
+	}
+}
