@@ -229,7 +229,9 @@ func (c *Compute) rollbackAtDestination(ctx context.Context, r *oslo.Request) (a
 // removeVolumeConnection: native mode carries only volumes that need no
 // host-side connection (network disks, pre-presented block devices), so
 // there is nothing to disconnect.
-func (c *Compute) removeVolumeConnection(ctx context.Context, r *oslo.Request) (any, error) { return nil, nil }
+func (c *Compute) removeVolumeConnection(ctx context.Context, r *oslo.Request) (any, error) {
+	return nil, nil
+}
 
 // dropMoveClaim: native mode makes no resource-tracker claims.
 func (c *Compute) dropMoveClaim(ctx context.Context, r *oslo.Request) (any, error) {
