@@ -23,6 +23,9 @@ type GuestSpec struct {
 	WSMiB        int    // dirtied working set; 0 = idle
 	RateMiBps    int    // dirty rate; -1 = as fast as it can
 	LocalDiskMiB int    // virtual size of the local qcow2 (vda); default 64
+	DefineOnly   bool   // define the domain, do not boot it
+	CPUModel     string // guest CPU model; default qemu64
+	MissingLUN   bool   // add a block volume whose device exists on no host
 }
 
 // Guest is a booted lab guest with a local disk (vda, in the instances
@@ -59,7 +62,7 @@ var domainTmpl = template.Must(template.New("domain").Parse(`<domain type='qemu'
     <initrd>{{.Initrd}}</initrd>
     <cmdline>console=ttyS0 panic=-1 loglevel=4 lab.ws={{.Spec.WSMiB}} lab.rate={{.Spec.RateMiBps}} lab.hb=100 lab.ctl=vdc</cmdline>
   </os>
-  <cpu mode='custom' match='exact'><model fallback='allow'>qemu64</model></cpu>
+  <cpu mode='custom' match='exact'><model fallback='forbid'>{{.CPU}}</model></cpu>
   <clock offset='utc'/>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>restart</on_reboot>
@@ -85,6 +88,14 @@ var domainTmpl = template.Must(template.New("domain").Parse(`<domain type='qemu'
       <target dev='vdc' bus='virtio'/>
       <serial>{{.NBDSerial}}</serial>
     </disk>
+{{- if .Spec.MissingLUN}}
+    <disk type='block' device='disk'>
+      <driver name='qemu' type='raw' cache='none'/>
+      <source dev='/dev/disk/by-id/ferry-lab-missing-lun'/>
+      <target dev='vdd' bus='virtio'/>
+      <serial>c1d00000-0000-4000-8000-0000000000b3</serial>
+    </disk>
+{{- end}}
     <serial type='file'>
       <source path='/var/log/libvirt/qemu/{{.Spec.Name}}-serial.log' append='on'/>
       <target port='0'/>
@@ -101,6 +112,7 @@ func (l *Lab) DomainXML(g *Guest) (string, error) {
 		"Spec": g.Spec, "UUID": g.UUID, "Kernel": l.Image.Kernel, "Initrd": l.Image.Initrd,
 		"Emulator": emulatorPath(), "LocalDisk": g.LocalDisk, "LoopDev": g.LoopDev, "LoopSerial": g.LoopSerial,
 		"NBDExport": g.nbdExportName, "StorageAddr": storageAddr, "NBDPort": g.NBDPort, "NBDSerial": g.NBDSerial,
+		"CPU": cpuModel(g.Spec.CPUModel),
 	})
 	return b.String(), err
 }
@@ -143,6 +155,12 @@ func (l *Lab) StartGuest(ctx context.Context, h *Host, spec GuestSpec) (*Guest, 
 	}
 	defer c.Close()
 	t := time.Now()
+	if spec.DefineOnly {
+		if err := c.Define(ctx, xml); err != nil {
+			return nil, fmt.Errorf("define guest %s on %s: %w", spec.Name, h.Name, err)
+		}
+		return g, nil
+	}
 	if err := c.DefineAndStart(ctx, xml); err != nil {
 		return nil, fmt.Errorf("start guest %s on %s: %w", spec.Name, h.Name, err)
 	}
@@ -395,4 +413,11 @@ func (g *Guest) LogOffset(h *Host) int64 { return fileSize(g.SerialLog(h)) }
 // BeatsAfter waits for n heartbeats printed on h after byte offset off.
 func (l *Lab) BeatsAfter(ctx context.Context, h *Host, g *Guest, off int64, n int, timeout time.Duration) ([]Beat, error) {
 	return l.waitBeatsFrom(ctx, h, g, off, n, timeout)
+}
+
+func cpuModel(m string) string {
+	if m == "" {
+		return "qemu64"
+	}
+	return m
 }

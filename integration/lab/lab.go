@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"strconv"
@@ -389,3 +390,58 @@ func zombie(pid int) bool {
 func (h *Host) Dial(ctx context.Context) (*virt.Conn, error) {
 	return virt.Dial(ctx, h.URI(), virt.Timeouts{})
 }
+
+// Proc is a process the lab started in a host's mount and UTS namespaces
+// (but the root network namespace), such as a ferryd.
+type Proc struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error
+}
+
+// StartIn starts a command inside h's mount and UTS namespaces, its output
+// appended to logPath. The lab records it, so a later run reaps it, and
+// Close stops it.
+func (l *Lab) StartIn(h *Host, logPath string, args ...string) (*Proc, error) {
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	cmd := exec.Command("nsenter", append([]string{"--target", strconv.Itoa(h.pid), "--mount", "--uts", "--"}, args...)...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	p := &Proc{cmd: cmd, done: make(chan struct{})}
+	name := filepath.Base(args[0])
+	if len(name) > 15 {
+		name = name[:15]
+	}
+	if err := l.rec.add(func(r *record) { r.Procs = append(r.Procs, procRec{PID: cmd.Process.Pid, Comm: name}) }); err != nil {
+		return nil, err
+	}
+	l.procs.Add(1)
+	go func() { defer l.procs.Done(); p.err = cmd.Wait(); close(p.done) }() // owner: the lab
+	return p, nil
+}
+
+// PID is the process id.
+func (p *Proc) PID() int { return p.cmd.Process.Pid }
+
+// Signal sends a signal.
+func (p *Proc) Signal(s syscall.Signal) error { return p.cmd.Process.Signal(s) }
+
+// Wait waits up to timeout for the process to end.
+func (p *Proc) Wait(timeout time.Duration) error {
+	select {
+	case <-p.done:
+		return p.err
+	case <-time.After(timeout):
+		return fmt.Errorf("pid %d still running after %s", p.PID(), timeout)
+	}
+}
+
+// Done is closed when the process has ended.
+func (p *Proc) Done() <-chan struct{} { return p.done }

@@ -98,6 +98,14 @@ func (c *Conn) DomainXML(ctx context.Context, name string, inactive bool) (strin
 	})
 }
 
+// Define defines a persistent domain from xml.
+func (c *Conn) Define(ctx context.Context, xml string) error {
+	_, err := call(ctx, c.timeouts.Control, "define domain", func() (libvirt.Domain, error) {
+		return c.l.DomainDefineXML(xml)
+	})
+	return err
+}
+
 // DefineAndStart defines a persistent domain from xml and boots it.
 func (c *Conn) DefineAndStart(ctx context.Context, xml string) error {
 	d, err := call(ctx, c.timeouts.Control, "define domain", func() (libvirt.Domain, error) {

@@ -1,0 +1,281 @@
+//go:build integration
+
+package ferryd
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"opendev.org/x/ferry/integration/ferrylab"
+	"opendev.org/x/ferry/integration/lab"
+	"opendev.org/x/ferry/pkg/virt"
+)
+
+// where returns the host running g and the other one.
+func where(t *testing.T, g *lab.Guest) (from, to *lab.Host) {
+	t.Helper()
+	for _, h := range theLab.Hosts {
+		c, err := h.Dial(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := c.DomainState(context.Background(), g.Spec.Name)
+		c.Close()
+		if err == nil && st.State == virt.StateRunning {
+			if h == theLab.Host("a") {
+				return h, theLab.Host("b")
+			}
+			return h, theLab.Host("a")
+		}
+	}
+	t.Fatalf("%s runs nowhere", g.Spec.Name)
+	return nil, nil
+}
+
+func migUUID(id int) string { return fmt.Sprintf("5f3c2a10-7e4b-4d8e-a1c2-%012d", id) }
+
+func migrate(g *lab.Guest, from, to *lab.Host, id int) map[string]any {
+	return map[string]any{"op": "migrate", "uuid": g.UUID, "name": g.Spec.Name, "source": from.Hostname,
+		"dest": to.Hostname, "migration_id": id, "migration_uuid": migUUID(id)}
+}
+
+func op(name string, g *lab.Guest, from, to *lab.Host, id int) map[string]any {
+	c := migrate(g, from, to, id)
+	c["op"] = name
+	return c
+}
+
+func send(t *testing.T, cmd map[string]any) {
+	t.Helper()
+	if err := env.Conductor.Send(cmd); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// status waits until Migration id is saved with one of the statuses.
+func status(t *testing.T, id int, timeout time.Duration, want ...string) string {
+	t.Helper()
+	e, err := env.Conductor.Next(context.Background(), timeout, func(e ferrylab.Event) bool {
+		if e.Str("object") != "Migration" || e["id"] != float64(id) {
+			return false
+		}
+		f, _ := e["fields"].(map[string]any)
+		s, _ := f["status"].(string)
+		return slices.Contains(want, s)
+	})
+	if err != nil {
+		t.Fatalf("migration %d: waiting for %v: %v (so far %v)", id, want, err, env.Conductor.Statuses(id))
+	}
+	return e["fields"].(map[string]any)["status"].(string)
+}
+
+func precheck(t *testing.T) ferrylab.Event {
+	t.Helper()
+	e, err := env.Conductor.Next(context.Background(), 3*time.Minute, func(e ferrylab.Event) bool {
+		return e.Str("event") == "precheck_ok" || e.Str("event") == "precheck_failed"
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func dirty(t *testing.T, g *lab.Guest, ws, rate int) {
+	t.Helper()
+	from, _ := where(t, g)
+	if err := theLab.SetDirty(context.Background(), from, g, ws, rate); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// continuous checks the guest's heartbeat went on on to.
+func continuous(t *testing.T, g *lab.Guest, from, to *lab.Host, dstOff int64) {
+	t.Helper()
+	src, _ := g.Heartbeats(from)
+	dst, err := theLab.BeatsAfter(context.Background(), to, g, dstOff, 20, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.Continuity(src, dst); err != nil {
+		t.Errorf("heartbeat: %v", err)
+	}
+}
+
+func events(pred func(ferrylab.Event) bool) []ferrylab.Event {
+	var out []ferrylab.Event
+	for _, e := range env.Conductor.Seen() {
+		if pred(e) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+func TestHappyPath(t *testing.T) {
+	for i, id := range []int{101, 102} {
+		from, to := where(t, vm)
+		dirty(t, vm, 64, 100)
+		dstOff := vm.LogOffset(to)
+		send(t, migrate(vm, from, to, id))
+		if e := precheck(t); e.Str("event") != "precheck_ok" {
+			t.Fatalf("pre-check refused: %v", e)
+		}
+		if s := status(t, id, 5*time.Minute, "completed", "failed", "cancelled", "error"); s != "completed" {
+			t.Fatalf("migration %d ended %s", id, s)
+		}
+		if diff := cmp.Diff([]string{"queued", "preparing", "running", "completed"}, env.Conductor.Statuses(id)); diff != "" {
+			t.Errorf("status sequence (-want +got):\n%s", diff)
+		}
+		continuous(t, vm, from, to, dstOff)
+		if _, err := os.Stat(from.Path(lab.InstancesPath + "/" + vm.UUID)); !os.IsNotExist(err) {
+			t.Errorf("the source's instance directory is still there (%v)", err)
+		}
+		progress := events(func(e ferrylab.Event) bool {
+			ch, _ := e["changes"].([]any)
+			return e.Str("object") == "Migration" && e["id"] == float64(id) && slices.Contains(ch, "memory_processed")
+		})
+		if len(progress) == 0 {
+			t.Error("no progress (memory_*/disk_*) saved on the Migration")
+		}
+		hostSaves := events(func(e ferrylab.Event) bool {
+			f, _ := e["fields"].(map[string]any)
+			return e.Str("object") == "Instance" && e.Str("method") == "save" && f["host"] == to.Hostname
+		})
+		if len(hostSaves) != 1 || hostSaves[0]["kwargs"].(map[string]any)["expected_task_state"] != "migrating" {
+			t.Errorf("Instance.save with the new host: %v", hostSaves)
+		}
+		acts := events(func(e ferrylab.Event) bool { return e.Str("object") == "InstanceActionEvent" })
+		if len(acts) != 2*(i+1) || acts[len(acts)-2].Str("method") != "event_start" || acts[len(acts)-1].Str("method") != "event_finish_with_failure" {
+			t.Errorf("instance action events: %v", acts)
+		}
+		if j, err := env.Ferryd[from.Name].Journal(migUUID(id)); err == nil {
+			t.Logf("ferry's record: %v", j["record"])
+		}
+	}
+	dirty(t, vm, 0, 0)
+}
+
+// A queued migration is cancelled without libvirt; a force-complete ends a
+// dirtying guest's migration.
+func TestAbortQueuedAndForceComplete(t *testing.T) {
+	from, to := where(t, vm)
+	dirty(t, vm, 256, 200)
+	second, err := theLab.StartGuest(context.Background(), from, lab.GuestSpec{Name: "queued-vm", DefineOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dstOff := vm.LogOffset(to)
+	send(t, migrate(vm, from, to, 201))
+	precheck(t)
+	status(t, 201, 3*time.Minute, "running")
+	send(t, migrate(second, from, to, 202))
+	precheck(t)
+	status(t, 202, time.Minute, "queued")
+	send(t, op("abort", second, from, to, 202))
+	if s := status(t, 202, time.Minute, "cancelled", "failed", "error", "completed"); s != "cancelled" {
+		t.Fatalf("queued migration ended %s", s)
+	}
+	if got := env.Conductor.Statuses(202); !slices.Equal(got, []string{"queued", "cancelled"}) {
+		t.Errorf("statuses of the aborted queued migration: %v", got)
+	}
+	send(t, op("force_complete", vm, from, to, 201))
+	if s := status(t, 201, 5*time.Minute, "completed", "failed", "cancelled", "error"); s != "completed" {
+		t.Fatalf("force-completed migration ended %s", s)
+	}
+	continuous(t, vm, from, to, dstOff)
+	dirty(t, vm, 0, 0)
+}
+
+func TestAbortRunning(t *testing.T) {
+	from, to := where(t, vm)
+	dirty(t, vm, 256, 200)
+	send(t, migrate(vm, from, to, 301))
+	precheck(t)
+	status(t, 301, 3*time.Minute, "running")
+	time.Sleep(4 * time.Second)
+	send(t, op("abort", vm, from, to, 301))
+	if s := status(t, 301, 3*time.Minute, "cancelled", "failed", "error", "completed"); s != "cancelled" {
+		t.Fatalf("ended %s", s)
+	}
+	off := vm.LogOffset(from)
+	if _, err := theLab.BeatsAfter(context.Background(), from, vm, off, 10, time.Minute); err != nil {
+		t.Errorf("guest not alive on the source: %v", err)
+	}
+	c, _ := to.Dial(context.Background())
+	if _, err := c.DomainState(context.Background(), vm.UUID); err == nil {
+		t.Error("a domain was left on the destination")
+	}
+	c.Close()
+	if _, err := os.Stat(to.Path(lab.InstancesPath + "/" + vm.UUID)); !os.IsNotExist(err) {
+		t.Errorf("the destination's instance directory is still there (%v)", err)
+	}
+	dirty(t, vm, 0, 0)
+}
+
+// SIGKILL of the source ferryd while running; on restart it re-attaches,
+// the migration completes and the conductor sees "completed" once.
+func TestSIGKILLRestart(t *testing.T) {
+	from, to := where(t, vm)
+	dirty(t, vm, 64, 100)
+	dstOff := vm.LogOffset(to)
+	send(t, migrate(vm, from, to, 401))
+	precheck(t)
+	status(t, 401, 3*time.Minute, "running")
+	time.Sleep(2 * time.Second)
+	fd := env.Ferryd[from.Name]
+	if err := fd.Kill(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	t.Log("source ferryd killed")
+	time.Sleep(3 * time.Second)
+	if err := fd.Start(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if s := status(t, 401, 5*time.Minute, "completed", "failed", "cancelled", "error"); s != "completed" {
+		t.Fatalf("ended %s", s)
+	}
+	time.Sleep(3 * time.Second)
+	n := 0
+	for _, s := range env.Conductor.Statuses(401) {
+		if s == "completed" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("the conductor saw completed %d times: %v", n, env.Conductor.Statuses(401))
+	}
+	send(t, op("show", vm, from, to, 401))
+	e, err := env.Conductor.Next(context.Background(), time.Minute, func(e ferrylab.Event) bool { return e.Str("event") == "state" })
+	if err != nil || e.Str("host") != to.Hostname {
+		t.Errorf("Instance after the restart: %v %v", e, err)
+	}
+	continuous(t, vm, from, to, dstOff)
+	dirty(t, vm, 0, 0)
+}
+
+// The same live_migration re-sent (same migration uuid) starts nothing.
+func TestDuplicateCast(t *testing.T) {
+	from, to := where(t, vm)
+	send(t, migrate(vm, from, to, 501))
+	precheck(t)
+	send(t, op("resend", vm, from, to, 501))
+	if s := status(t, 501, 5*time.Minute, "completed", "failed", "cancelled", "error"); s != "completed" {
+		t.Fatalf("ended %s", s)
+	}
+	time.Sleep(3 * time.Second)
+	if got := env.Conductor.Statuses(501); !slices.Equal(got, []string{"queued", "preparing", "running", "completed"}) {
+		t.Errorf("statuses %v: a second migration ran", got)
+	}
+	logb, _ := os.ReadFile(env.Ferryd[from.Name].Log)
+	if !strings.Contains(string(logb), "re-sent for a known migration") {
+		t.Error("ferryd did not report the duplicate")
+	}
+}
