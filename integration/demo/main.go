@@ -85,7 +85,7 @@ func run(ctx context.Context, l *lab.Lab, logf func(string, ...any)) (string, bo
 				logf("Migration.status = %s", s)
 				return s == "completed" || s == "failed" || s == "cancelled" || s == "error"
 			}
-			if mp, ok := f["memory_processed"].(float64); ok {
+			if mp, ok := f["memory_processed"].(float64); ok && (mp > 0 || f["disk_processed"] != 0.0) {
 				mt, _ := f["memory_total"].(float64)
 				mr, _ := f["memory_remaining"].(float64)
 				dp, _ := f["disk_processed"].(float64)
