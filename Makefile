@@ -9,7 +9,7 @@ INTEGRATION_TIMEOUT ?= 40m
 # timed runs a command and prints one TIMING line for it.
 timed = t0=$$(date +%s); $(2); rc=$$?; echo "TIMING $(1) $$(( $$(date +%s) - t0 ))s"; exit $$rc
 
-.PHONY: all build deps demo test vet unit integration fuzz bench-rpc
+.PHONY: all build deps demo test vet unit integration fuzz bench-rpc bench-converge
 
 all: build
 
@@ -47,3 +47,8 @@ fuzz:
 # The RPC plane against a Python oslo.messaging server (not a test; not in CI).
 bench-rpc: deps
 	$(GO) run ./integration/benchrpc
+
+# The convergence matrix on the lab (not a test; not in CI; up to an hour
+# with the default 600 s cut-off).
+bench-converge: deps
+	$(GO) run ./integration/benchconverge $(BENCH_FLAGS)

@@ -1,0 +1,79 @@
+#!/bin/bash
+# devstack plugin for ferry: builds ferryd, writes /etc/ferry/ferryd.yaml from
+# nova.conf's values (host, transport_url, instances_path and the [libvirt]
+# live_migration_* knobs, under the same names), and runs ferryd as a devstack
+# service.
+#
+# Native mode only: ferryd then answers this host's live-migration RPCs
+# itself, so nova-compute must not run on the host (disable_service n-cpu).
+# Companion mode, where ferryd runs beside nova-compute, is not built yet;
+# the plugin refuses to start ferryd next to n-cpu rather than let two
+# consumers split the compute.<host> queue.
+
+function install_ferry {
+    if ! command -v go >/dev/null; then
+        die $LINENO "ferry needs Go (>= 1.25) on PATH"
+    fi
+    (cd $FERRY_DIR && go build -o $FERRY_BIN ./cmd/ferryd) || die $LINENO "building ferryd failed"
+}
+
+function _nova_opt {
+    iniget $NOVA_CONF "$1" "$2"
+}
+
+function configure_ferry {
+    sudo install -d -m 0755 $FERRY_CONF_DIR
+    sudo install -d -m 0700 $FERRY_STATE_DIR
+    local host transport instances
+    host=$(_nova_opt DEFAULT host)
+    host=${host:-$(hostname)}
+    transport=$(_nova_opt DEFAULT transport_url)
+    instances=$(_nova_opt DEFAULT instances_path)
+    instances=${instances:-$NOVA_STATE_PATH/instances}
+    local knobs=""
+    local k v
+    for k in live_migration_downtime live_migration_completion_timeout live_migration_timeout_action \
+             live_migration_permit_post_copy live_migration_permit_auto_converge live_migration_bandwidth \
+             live_migration_with_native_tls; do
+        v=$(_nova_opt libvirt $k)
+        [[ -n "$v" ]] && knobs+="  $k: ${v,,}"$'\n'
+    done
+    v=$(_nova_opt DEFAULT max_concurrent_live_migrations)
+    [[ -n "$v" ]] && knobs+="  max_concurrent_live_migrations: $v"$'\n'
+    sudo tee $FERRY_CONF_DIR/ferryd.yaml >/dev/null <<YAML
+version: 1
+host: $host
+transport_url: "$transport"
+libvirt_uri: qemu:///system
+live_migration_inbound_addr: $FERRY_MIGRATION_ADDR
+instances_path: $instances
+state_dir: $FERRY_STATE_DIR
+migration:
+${knobs:-  {}}
+YAML
+    sudo chmod 0600 $FERRY_CONF_DIR/ferryd.yaml
+}
+
+function start_ferry {
+    if is_service_enabled n-cpu && [[ "$FERRY_MODE" == "native" ]]; then
+        die $LINENO "ferryd in native mode cannot share compute.<host> with nova-compute: disable n-cpu or wait for companion mode"
+    fi
+    run_process ferryd "$FERRY_BIN --config $FERRY_CONF_DIR/ferryd.yaml" root root
+}
+
+function stop_ferry {
+    stop_process ferryd
+}
+
+if is_service_enabled ferryd; then
+    if [[ "$1" == "stack" && "$2" == "install" ]]; then
+        install_ferry
+    elif [[ "$1" == "stack" && "$2" == "post-config" ]]; then
+        configure_ferry
+    elif [[ "$1" == "stack" && "$2" == "extra" ]]; then
+        start_ferry
+    fi
+    if [[ "$1" == "unstack" ]]; then
+        stop_ferry
+    fi
+fi
