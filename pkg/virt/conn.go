@@ -43,9 +43,14 @@ type Conn struct {
 	uri      string // as given, for messages (never carries a secret)
 	l        *libvirt.Libvirt
 	timeouts Timeouts
+	sem      chan struct{} // at most maxOutstanding calls at once (libvirtd serves 5 per client)
 	stop     chan struct{}
 	done     chan struct{}
 }
+
+// maxOutstanding leaves one of libvirtd's max_client_requests (5) free for
+// the watchdog's ping.
+const maxOutstanding = 4
 
 // Dial connects to the libvirtd named by uri: "qemu:///system",
 // "qemu+unix:///system?socket=/path", "qemu+tcp://host[:port]/system" or
@@ -64,7 +69,7 @@ func Dial(ctx context.Context, uri string, t Timeouts) (*Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Conn{uri: uri, l: l, timeouts: t, stop: make(chan struct{}), done: make(chan struct{})}
+	c := &Conn{uri: uri, l: l, timeouts: t, sem: make(chan struct{}, maxOutstanding), stop: make(chan struct{}), done: make(chan struct{})}
 	go c.watchdog()
 	return c, nil
 }
@@ -121,21 +126,38 @@ func (c *Conn) watchdog() {
 // Version returns libvirt's and the hypervisor's versions as
 // major*1,000,000 + minor*1,000 + micro.
 func (c *Conn) Version(ctx context.Context) (lib, hv uint64, err error) {
-	lib, err = call(ctx, c.timeouts.Query, "lib version", c.l.ConnectGetLibVersion)
+	lib, err = do(c, ctx, c.timeouts.Query, "lib version", c.l.ConnectGetLibVersion)
 	if err != nil {
 		return 0, 0, err
 	}
-	hv, err = call(ctx, c.timeouts.Query, "hypervisor version", c.l.ConnectGetVersion)
+	hv, err = do(c, ctx, c.timeouts.Query, "hypervisor version", c.l.ConnectGetVersion)
 	return lib, hv, err
 }
 
 // DomainCapabilities returns the domain capabilities XML for an emulator
 // binary; the first call for a binary makes libvirtd probe it.
 func (c *Conn) DomainCapabilities(ctx context.Context, emulator, virtType string) (string, error) {
-	return call(ctx, 3*c.timeouts.Control, "domain capabilities "+emulator, func() (string, error) {
+	return do(c, ctx, 3*c.timeouts.Control, "domain capabilities "+emulator, func() (string, error) {
 		return c.l.ConnectGetDomainCapabilities(libvirt.OptString{emulator}, libvirt.OptString{"x86_64"}, nil,
 			libvirt.OptString{virtType}, 0)
 	})
+}
+
+// do runs a call on c, waiting (within ctx and the timeout) for one of the
+// connection's call slots first.
+func do[T any](c *Conn, ctx context.Context, timeout time.Duration, op string, f func() (T, error)) (T, error) {
+	var zero T
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case c.sem <- struct{}{}:
+	case <-t.C:
+		return zero, fmt.Errorf("%s: %w: %d calls already outstanding on %s", op, errdefs.ErrTimeout, maxOutstanding, c.uri)
+	case <-ctx.Done():
+		return zero, fmt.Errorf("%s: %w", op, context.Cause(ctx))
+	}
+	defer func() { <-c.sem }()
+	return call(ctx, timeout, op, f)
 }
 
 // call runs f with a deadline. f runs in its own goroutine with a result

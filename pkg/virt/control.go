@@ -92,7 +92,7 @@ func (c *Conn) Control(ctx context.Context, name string, ctl Control) error {
 	default:
 		return fmt.Errorf("control %s: %w: unknown op %d", name, errdefs.ErrInvalidArgument, ctl.Op)
 	}
-	_, err = call(ctx, c.timeouts.Control, fmt.Sprintf("%s %s", ctl.Op, name), func() (struct{}, error) {
+	_, err = do(c, ctx, c.timeouts.Control, fmt.Sprintf("%s %s", ctl.Op, name), func() (struct{}, error) {
 		return struct{}{}, f()
 	})
 	return err
@@ -111,7 +111,7 @@ const (
 // CompareCPU compares a <cpu> definition (from the guest's domain XML or
 // Nova's cpu_info) with what this host's hypervisor can run.
 func (c *Conn) CompareCPU(ctx context.Context, cpuXML, virtType string) (CPUFit, error) {
-	r, err := call(ctx, c.timeouts.Query, "compare cpu", func() (int32, error) {
+	r, err := do(c, ctx, c.timeouts.Query, "compare cpu", func() (int32, error) {
 		return c.l.ConnectCompareHypervisorCPU(nil, libvirt.OptString{"x86_64"}, nil, libvirt.OptString{virtType}, cpuXML, 0)
 	})
 	if err != nil {

@@ -59,7 +59,7 @@ type DomainState struct {
 // lookup finds a domain by name, or by UUID when the name is one (Nova's
 // instance uuid is the domain's uuid).
 func (c *Conn) lookup(ctx context.Context, name string) (libvirt.Domain, error) {
-	return call(ctx, c.timeouts.Query, "lookup domain "+name, func() (libvirt.Domain, error) {
+	return do(c, ctx, c.timeouts.Query, "lookup domain "+name, func() (libvirt.Domain, error) {
 		if u, err := uuid.Parse(name); err == nil && len(name) == 36 {
 			return c.l.DomainLookupByUUID(libvirt.UUID(u))
 		}
@@ -75,7 +75,7 @@ func (c *Conn) DomainState(ctx context.Context, name string) (DomainState, error
 		return DomainState{}, err
 	}
 	type sr struct{ s, r int32 }
-	v, err := call(ctx, c.timeouts.Query, "state of "+name, func() (sr, error) {
+	v, err := do(c, ctx, c.timeouts.Query, "state of "+name, func() (sr, error) {
 		s, r, err := c.l.DomainGetState(d, 0)
 		return sr{s, r}, err
 	})
@@ -93,14 +93,14 @@ func (c *Conn) DomainXML(ctx context.Context, name string, inactive bool) (strin
 	if inactive {
 		flags = libvirt.DomainXMLInactive
 	}
-	return call(ctx, c.timeouts.Query, "xml of "+name, func() (string, error) {
+	return do(c, ctx, c.timeouts.Query, "xml of "+name, func() (string, error) {
 		return c.l.DomainGetXMLDesc(d, flags)
 	})
 }
 
 // Define defines a persistent domain from xml.
 func (c *Conn) Define(ctx context.Context, xml string) error {
-	_, err := call(ctx, c.timeouts.Control, "define domain", func() (libvirt.Domain, error) {
+	_, err := do(c, ctx, c.timeouts.Control, "define domain", func() (libvirt.Domain, error) {
 		return c.l.DomainDefineXML(xml)
 	})
 	return err
@@ -108,13 +108,13 @@ func (c *Conn) Define(ctx context.Context, xml string) error {
 
 // DefineAndStart defines a persistent domain from xml and boots it.
 func (c *Conn) DefineAndStart(ctx context.Context, xml string) error {
-	d, err := call(ctx, c.timeouts.Control, "define domain", func() (libvirt.Domain, error) {
+	d, err := do(c, ctx, c.timeouts.Control, "define domain", func() (libvirt.Domain, error) {
 		return c.l.DomainDefineXML(xml)
 	})
 	if err != nil {
 		return err
 	}
-	_, err = call(ctx, c.timeouts.Control, "start "+d.Name, func() (struct{}, error) {
+	_, err = do(c, ctx, c.timeouts.Control, "start "+d.Name, func() (struct{}, error) {
 		return struct{}{}, c.l.DomainCreate(d)
 	})
 	return err
@@ -133,7 +133,7 @@ func (c *Conn) Destroy(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	_, err = call(ctx, c.timeouts.Control, "destroy "+name, func() (struct{}, error) {
+	_, err = do(c, ctx, c.timeouts.Control, "destroy "+name, func() (struct{}, error) {
 		return struct{}{}, c.l.DomainDestroy(d)
 	})
 	return err
@@ -145,7 +145,7 @@ func (c *Conn) Undefine(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	_, err = call(ctx, c.timeouts.Control, "undefine "+name, func() (struct{}, error) {
+	_, err = do(c, ctx, c.timeouts.Control, "undefine "+name, func() (struct{}, error) {
 		return struct{}{}, c.l.DomainUndefineFlags(d, libvirt.DomainUndefineKeepNvram)
 	})
 	return err
@@ -166,7 +166,7 @@ func (c *Conn) domainOp(ctx context.Context, name, op string, f func(libvirt.Dom
 	if err != nil {
 		return err
 	}
-	_, err = call(ctx, c.timeouts.Control, fmt.Sprintf("%s %s", op, name), func() (struct{}, error) {
+	_, err = do(c, ctx, c.timeouts.Control, fmt.Sprintf("%s %s", op, name), func() (struct{}, error) {
 		return struct{}{}, f(d)
 	})
 	return err

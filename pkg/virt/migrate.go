@@ -149,7 +149,7 @@ func (c *Conn) Migrate(ctx context.Context, name string, s MigrateSpec) error {
 	if err != nil {
 		return err
 	}
-	_, err = call(ctx, noTimeout, "migrate "+name, func() ([]byte, error) {
+	_, err = do(c, ctx, noTimeout, "migrate "+name, func() ([]byte, error) {
 		return c.l.DomainMigratePerform3Params(d, libvirt.OptString{s.DestURI}, s.Params(), nil, s.Flags())
 	})
 	return err
@@ -213,7 +213,7 @@ func (c *Conn) JobStats(ctx context.Context, name string, completed bool) (JobSt
 		t int32
 		p []libvirt.TypedParam
 	}
-	r, err := call(ctx, c.timeouts.Query, "job stats of "+name, func() (res, error) {
+	r, err := do(c, ctx, c.timeouts.Query, "job stats of "+name, func() (res, error) {
 		t, p, err := c.l.DomainGetJobStats(d, flags)
 		return res{t, p}, err
 	})
@@ -225,7 +225,7 @@ func (c *Conn) JobStats(ctx context.Context, name string, completed bool) (JobSt
 	}
 	js := decodeJobStats(r.t, r.p)
 	if !completed && js.Type == JobNone {
-		state, err := call(ctx, c.timeouts.Query, "control info of "+name, func() (uint32, error) {
+		state, err := do(c, ctx, c.timeouts.Query, "control info of "+name, func() (uint32, error) {
 			st, _, _, err := c.l.DomainGetControlInfo(d, 0)
 			return st, err
 		})

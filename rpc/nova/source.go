@@ -65,6 +65,18 @@ func (c *Compute) checkSource(ctx context.Context, r *oslo.Request) (any, error)
 		sharedPath = err == nil
 	}
 	sel := disks.Select(g.Disks, volumes, func(p string) bool { return sharedPath && strings.HasPrefix(p, c.o.InstancesPath+"/") })
+	if !sharedPath {
+		var ro []string
+		for _, d := range g.Disks {
+			if (d.ReadOnly || d.Device == "cdrom") && d.Serial == "" && d.Type == "file" && d.Source != "" {
+				ro = append(ro, fmt.Sprintf("%s (%s)", d.Target, d.Source))
+			}
+		}
+		if len(ro) > 0 {
+			return nil, PreCheck("read-only local disks %s (e.g. a config drive) are not copied by a block migration and ferry does not carry them over yet",
+				strings.Join(ro, ", "))
+		}
+	}
 	sharedBlock := len(sel.Copy) == 0
 	block := !(sharedPath || sharedBlock)
 	if md.Has("block_migration") && md.Bool("block_migration") && sharedPath {
