@@ -145,24 +145,6 @@ type bench struct {
 	n      int
 }
 
-func (b *bench) where(ctx context.Context) (from, to *lab.Host) {
-	for _, h := range b.l.Hosts {
-		c, err := h.Dial(ctx)
-		if err != nil {
-			continue
-		}
-		st, err := c.DomainState(ctx, b.g.Spec.Name)
-		c.Close()
-		if err == nil && st.State == virt.StateRunning {
-			if h == b.l.Host("a") {
-				return h, b.l.Host("b")
-			}
-			return h, b.l.Host("a")
-		}
-	}
-	return nil, nil
-}
-
 func (b *bench) spec(to *lab.Host) virt.MigrateSpec {
 	u, _ := hostnet.For(hostnet.Dest{Host: to.Hostname, Mgmt: to.Mgmt.String(), Migration: to.Mig.String()}, false)
 	return virt.MigrateSpec{DestURI: u.Control, MigrateURI: u.Migrate, DisksURI: u.Disks, Disks: []string{"vda"},
@@ -171,9 +153,9 @@ func (b *bench) spec(to *lab.Host) virt.MigrateSpec {
 
 // cell runs one migration and measures it.
 func (b *bench) cell(ctx context.Context, ctl string, rate int) (cell, error) {
-	from, to := b.where(ctx)
-	if from == nil {
-		return cell{}, fmt.Errorf("the guest runs nowhere")
+	from, to, err := b.l.Where(ctx, b.g)
+	if err != nil {
+		return cell{}, err
 	}
 	ws := wsMiB
 	if rate == 0 {
@@ -190,7 +172,6 @@ func (b *bench) cell(ctx context.Context, ctl string, rate int) (cell, error) {
 	if err := b.l.PrecreateDisk(ctx, to, b.g); err != nil {
 		return c, err
 	}
-	var err error
 	if ctl == "ferry" {
 		err = b.ferry(ctx, from, to, &c)
 	} else {

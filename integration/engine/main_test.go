@@ -13,7 +13,6 @@ import (
 	"time"
 
 	"opendev.org/x/ferry/integration/lab"
-	"opendev.org/x/ferry/pkg/virt"
 )
 
 var (
@@ -52,23 +51,9 @@ func guest(t *testing.T) *lab.Guest {
 // where returns the host the guest runs on and the other one.
 func where(t *testing.T, g *lab.Guest) (from, to *lab.Host) {
 	t.Helper()
-	var running []*lab.Host
-	for _, h := range theLab.Hosts {
-		c, err := h.Dial(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := c.DomainState(context.Background(), g.Spec.Name)
-		c.Close()
-		if err == nil && st.State == virt.StateRunning {
-			running = append(running, h)
-		}
+	from, to, err := theLab.Where(context.Background(), g)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if len(running) != 1 {
-		t.Fatalf("guest runs on %d hosts", len(running))
-	}
-	if running[0] == theLab.Host("a") {
-		return theLab.Host("a"), theLab.Host("b")
-	}
-	return theLab.Host("b"), theLab.Host("a")
+	return from, to
 }

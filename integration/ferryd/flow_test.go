@@ -16,28 +16,16 @@ import (
 
 	"opendev.org/x/ferry/integration/ferrylab"
 	"opendev.org/x/ferry/integration/lab"
-	"opendev.org/x/ferry/pkg/virt"
 )
 
-// where returns the host running g and the other one.
+// where returns the host the guest runs on and the other one.
 func where(t *testing.T, g *lab.Guest) (from, to *lab.Host) {
 	t.Helper()
-	for _, h := range theLab.Hosts {
-		c, err := h.Dial(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		st, err := c.DomainState(context.Background(), g.Spec.Name)
-		c.Close()
-		if err == nil && st.State == virt.StateRunning {
-			if h == theLab.Host("a") {
-				return h, theLab.Host("b")
-			}
-			return h, theLab.Host("a")
-		}
+	from, to, err := theLab.Where(context.Background(), g)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatalf("%s runs nowhere", g.Spec.Name)
-	return nil, nil
+	return from, to
 }
 
 func migUUID(id int) string { return fmt.Sprintf("5f3c2a10-7e4b-4d8e-a1c2-%012d", id) }

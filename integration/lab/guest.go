@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"text/template"
+
+	"opendev.org/x/ferry/pkg/virt"
 	"time"
 )
 
@@ -420,4 +422,30 @@ func cpuModel(m string) string {
 		return "qemu64"
 	}
 	return m
+}
+
+// Where returns the host the guest runs on and the other one (two-host
+// labs), or an error when it runs on none or on both.
+func (l *Lab) Where(ctx context.Context, g *Guest) (from, to *Host, err error) {
+	var running []*Host
+	for _, h := range l.Hosts {
+		c, err := h.Dial(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		st, err := c.DomainState(ctx, g.Spec.Name)
+		c.Close()
+		if err == nil && st.State == virt.StateRunning {
+			running = append(running, h)
+		}
+	}
+	if len(running) != 1 || len(l.Hosts) != 2 {
+		return nil, nil, fmt.Errorf("guest %s runs on %d of %d hosts", g.Spec.Name, len(running), len(l.Hosts))
+	}
+	for _, h := range l.Hosts {
+		if h != running[0] {
+			return running[0], h, nil
+		}
+	}
+	return nil, nil, fmt.Errorf("unreachable")
 }
