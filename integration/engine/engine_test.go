@@ -114,7 +114,7 @@ func newManager(t *testing.T, dir string, from *lab.Host, hooks migration.Hooks)
 	l := logrus.New()
 	l.SetOutput(logWriter{t})
 	m, err := migration.NewManager(migration.Options{StateDir: dir, LocalURI: from.URI(), Dial: dial, Hooks: hooks,
-		Log: logrus.NewEntry(l), PostcopyRecovery: 90 * time.Second})
+		Log: logrus.NewEntry(l), PostcopyRecovery: 45 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}

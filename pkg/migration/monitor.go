@@ -356,15 +356,23 @@ func (r *runner) recoverPostcopy(ctx context.Context, src Hypervisor) error {
 	for attempt := 1; time.Now().Before(deadline); attempt++ {
 		mc, err := r.m.o.Dial(ctx, r.m.o.LocalURI)
 		if err == nil {
-			actx, cancel := context.WithTimeout(ctx, time.Minute)
+			actx, cancel := context.WithTimeout(ctx, 30*time.Second)
 			err = mc.Migrate(actx, snap.Domain, spec)
 			cancel()
 			mc.Close()
+			if errors.Is(err, context.DeadlineExceeded) {
+				// A resume that hangs holds the job; break it so the next attempt can run.
+				_ = src.Control(ctx, snap.Domain, virt.Control{Op: virt.OpPostcopyPause})
+			}
 		}
 		r.record("post-copy-resume", 0, fmt.Sprintf("attempt %d", attempt), err)
 		s, d := stateOf(ctx, src, snap.Domain), r.destState(ctx)
 		if (s.gone || s.st.State == virt.StateShutoff) && d.running() {
 			return r.succeed(ctx, src, d)
+		}
+		if d.known && (d.gone || d.st.State == virt.StateShutoff || d.st.State == virt.StateCrashed) {
+			r.setPhase(ctx, PhaseError, fmt.Sprintf("post-copy failed and the destination's guest is gone (%s); the source holds a stale, paused copy — do not resume it without checking the guest", d))
+			return nil
 		}
 		select {
 		case <-ctx.Done():
