@@ -151,9 +151,11 @@ func TestHappyPath(t *testing.T) {
 		} else if kw, _ := acts[len(acts)-1]["kwargs"].(map[string]any); kw["exc_val"] != nil {
 			t.Errorf("a completed migration finished its action event with a failure: %v", kw)
 		}
-		if j, err := env.Ferryd[from.Name].Journal(migUUID(id)); err == nil {
-			t.Logf("ferry's record: %v", j["record"])
+		out, err := env.Ferryd[from.Name].CLI("migration", "show", migUUID(id))
+		if err != nil || !strings.Contains(out, "completed") || !strings.Contains(out, "set-downtime") {
+			t.Errorf("ferry migration show: %v\n%s", err, out)
 		}
+		t.Logf("ferry migration show %s:\n%s", migUUID(id), out)
 	}
 	dirty(t, vm, 0, 0)
 }

@@ -85,10 +85,12 @@ func Start(ctx context.Context, l *lab.Lab, o Options) (*Env, error) {
 	if _, err := os.Stat(goBin); err != nil {
 		goBin = "go"
 	}
-	build := exec.CommandContext(ctx, goBin, "build", "-o", e.bin, "./cmd/ferryd")
-	build.Dir = filepath.Join(srcDir(), "..", "..")
-	if out, err := build.CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("build ferryd: %w: %s", err, out)
+	for _, b := range []struct{ out, pkg string }{{e.bin, "./cmd/ferryd"}, {filepath.Join(lab.WorkDir, "ferry"), "./cmd/ferry"}} {
+		build := exec.CommandContext(ctx, goBin, "build", "-o", b.out, b.pkg)
+		build.Dir = filepath.Join(srcDir(), "..", "..")
+		if out, err := build.CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("build %s: %w: %s", b.pkg, err, out)
+		}
 	}
 	for _, h := range l.Hosts {
 		f := &Ferryd{Host: h, env: e, StateDir: filepath.Join(lab.WorkDir, "ferryd-"+h.Name),
@@ -162,6 +164,12 @@ func (f *Ferryd) Kill(sig syscall.Signal) error {
 		return nil
 	}
 	return err
+}
+
+// CLI runs the ferry command against this daemon's state directory.
+func (f *Ferryd) CLI(args ...string) (string, error) {
+	out, err := exec.Command(filepath.Join(lab.WorkDir, "ferry"), append(args, "--state-dir", f.StateDir)...).CombinedOutput()
+	return string(out), err
 }
 
 // Journal reads the engine's journal entry of a migration (ferry's record).

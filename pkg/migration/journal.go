@@ -53,7 +53,11 @@ func (j *journal) save(m *Migration) error {
 	return nil
 }
 
-func (j *journal) load() ([]*Migration, error) {
+func (j *journal) load() ([]*Migration, error) { return j.read(true) }
+
+func (j *journal) loadReadOnly() ([]*Migration, error) { return j.read(false) }
+
+func (j *journal) read(clean bool) ([]*Migration, error) {
 	ents, err := os.ReadDir(j.dir)
 	if err != nil {
 		return nil, fmt.Errorf("journal: %w", err)
@@ -63,7 +67,9 @@ func (j *journal) load() ([]*Migration, error) {
 	for _, e := range ents {
 		name := e.Name()
 		if strings.HasPrefix(name, ".") { // a write a crash interrupted
-			os.Remove(filepath.Join(j.dir, name))
+			if clean {
+				os.Remove(filepath.Join(j.dir, name))
+			}
 			continue
 		}
 		if !strings.HasSuffix(name, ".json") {
@@ -82,4 +88,20 @@ func (j *journal) load() ([]*Migration, error) {
 		out = append(out, m)
 	}
 	return out, errors.Join(errs...)
+}
+
+// ReadJournal returns the migrations journalled under a state directory,
+// for tools that inspect a ferryd's state (it takes no lock and changes
+// nothing).
+func ReadJournal(stateDir string) ([]Migration, error) {
+	j := &journal{dir: filepath.Join(stateDir, "migrations")}
+	if _, err := os.Stat(j.dir); err != nil {
+		return nil, fmt.Errorf("journal: %w", err)
+	}
+	ms, err := j.loadReadOnly()
+	out := make([]Migration, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, *m)
+	}
+	return out, err
 }
