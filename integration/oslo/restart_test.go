@@ -106,3 +106,36 @@ func TestBrokerRestart(t *testing.T) {
 		}
 	}
 }
+
+// Quorum queues, as a deployment with rabbit_quorum_queue declares them: the
+// Go server declares compute and compute.<host> as quorum queues and a Python
+// client configured the same way calls it.
+func TestQuorumQueues(t *testing.T) {
+	ctx := context.Background()
+	vh := fmt.Sprintf("ferry-oslo-quorum-%d", os.Getpid())
+	drop, err := rabbit.NewVHost(ctx, broker, vh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer drop()
+	g := startGoServer(t, vh, "go-quorum", func(o *oslo.ServerOptions) { o.Queues.Quorum = true })
+	py := startPy(t, "client", broker.URL(vh)+"?rabbit_quorum_queue=true")
+	if a := py.do(t, call(g.host, "echo", "6.0", map[string]any{"q": 1})); a.Error != nil {
+		t.Fatalf("call: %+v", a.Error)
+	}
+	out, err := rabbit.Ctl(ctx, "-q", "list_queues", "-p", vh, "name", "type", "durable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{"compute", "compute." + g.host} {
+		found := false
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) == 3 && f[0] == q {
+				found = f[1] == "quorum" && f[2] == "true"
+			}
+		}
+		if !found {
+			t.Errorf("queue %s is not a durable quorum queue:\n%s", q, out)
+		}
+	}
+}
