@@ -143,22 +143,32 @@ func (m *Manager) Start(ctx context.Context, req Request) (Migration, error) {
 		return Migration{}, fmt.Errorf("start %s: %w: no domain or destination", req.ID, errdefs.ErrInvalidArgument)
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.runCtx == nil || m.runCtx.Err() != nil {
+		m.mu.Unlock()
 		return Migration{}, fmt.Errorf("start %s: %w: the engine is not running", req.ID, errdefs.ErrUnavailable)
 	}
 	if e, ok := m.entries[req.ID]; ok {
+		m.mu.Unlock()
 		return e.snapshot(), fmt.Errorf("start %s: %w: migration already known (%s)", req.ID, errdefs.ErrConflict, e.snapshot().Phase)
 	}
 	req.Policy = req.Policy.WithDefaults()
 	e := &entry{m: Migration{Request: req, Phase: PhaseQueued, Updated: time.Now()}, cmds: make(chan command, 4)}
 	e.m.Record.Started = time.Now()
 	if err := m.j.save(&e.m); err != nil {
+		m.mu.Unlock()
 		return Migration{}, fmt.Errorf("start %s: %w", req.ID, err)
 	}
 	m.entries[req.ID] = e
-	m.o.Hooks.Phase(ctx, &e.m)
-	m.spawn(e)
+	m.mu.Unlock()
+	// Reported before the runner exists, so "queued" is the first status the
+	// caller's records see; outside the lock, since it may be a remote call.
+	snap := e.snapshot()
+	m.o.Hooks.Phase(ctx, &snap)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.runCtx.Err() == nil { // else the journal holds it and the next Run resumes it
+		m.spawn(e)
+	}
 	return e.snapshot(), nil
 }
 
