@@ -38,7 +38,8 @@ type cell struct {
 	completed bool
 	total     time.Duration
 	downtime  time.Duration
-	mem, disk uint64
+	mem, disk uint64 // RAM sent (re-sends included), disk mirrored
+	first     uint64 // bytes of the first memory pass: M, the RAM that had to move
 	b, f      float64 // bytes/s, bytes
 	d         float64 // achieved dirty rate, MiB/s
 }
@@ -50,10 +51,14 @@ func (c cell) tphys() time.Duration {
 	}
 	D := c.d * (1 << 20)
 	secs := float64(c.disk) / B
+	M := float64(c.first)
+	if M == 0 {
+		M = float64(c.mem)
+	}
 	if D < B && c.f/B <= budget.Seconds() {
-		secs += float64(c.mem) / (B - D)
+		secs += M / (B - D)
 	} else {
-		secs += (float64(c.mem) + c.f) / B
+		secs += (M + c.f) / B
 	}
 	return time.Duration(secs * float64(time.Second))
 }
@@ -78,8 +83,8 @@ func main() {
 	b := &bench{l: l, g: g, cutoff: *cutoff, logf: logf}
 	fmt.Printf("bench-converge: cap %d MiB/s, working set %d MiB, guest 384 MiB RAM, local disk 64 MiB, ferry budget %v, post-copy permitted for ferry; cutoff %v\n",
 		capMiBps, wsMiB, budget, *cutoff)
-	fmt.Printf("%-8s %5s %4s %7s %6s %7s %7s %8s %8s %8s %6s %9s %s\n", "ctl", "D_req", "run", "M_MiB", "disk", "B_MiB/s",
-		"D_MiB/s", "F_MiB", "T_phys", "total", "ratio", "downtime", "completed")
+	fmt.Printf("%-8s %5s %4s %6s %9s %6s %7s %7s %8s %8s %8s %6s %9s %s\n", "ctl", "D_req", "run", "M_MiB", "RAM_sent", "disk",
+		"B_MiB/s", "D_MiB/s", "F_MiB", "T_phys", "total", "ratio", "downtime", "completed")
 	var all []cell
 	for _, rate := range []int{0, capMiBps / 2, capMiBps, 2 * capMiBps} {
 		for _, ctl := range []string{"libvirt", "nova", "ferry"} {
@@ -95,7 +100,7 @@ func main() {
 					continue
 				}
 				cs = append(cs, c)
-				fmt.Printf("%-8s %5d %4d %7d %6d %7.1f %7.1f %8.1f %8.1f %8.1f %6.2f %9v %v\n", ctl, rate, r+1, c.mem>>20, c.disk>>20,
+				fmt.Printf("%-8s %5d %4d %6d %9d %6d %7.1f %7.1f %8.1f %8.1f %8.1f %6.2f %9v %v\n", ctl, rate, r+1, c.first>>20, c.mem>>20, c.disk>>20,
 					c.b/(1<<20), c.d, c.f/(1<<20), c.tphys().Seconds(), c.total.Seconds(), c.total.Seconds()/c.tphys().Seconds(),
 					c.downtime.Round(time.Millisecond), c.completed)
 			}
@@ -227,7 +232,7 @@ loop:
 	}
 	mc.Close()
 	c.total = time.Since(start)
-	c.b, c.f = st.Bps, float64(st.Floor)
+	c.b, c.f, c.first = st.Bps, float64(st.Floor), st.FirstPass
 	if merr != nil {
 		b.logf("%s: ended without completing after %v: %v", ctl, c.total.Round(time.Second), merr)
 		return nil
@@ -237,6 +242,9 @@ loop:
 	if err == nil {
 		c.downtime, c.mem, c.disk = js.Downtime, js.MemProcessed, js.DiskProcessed
 		c.total = js.Elapsed
+		if c.first == 0 {
+			c.first = js.MemProcessed
+		}
 	}
 	return src.Control(ctx, b.g.Spec.Name, virt.Control{Op: virt.OpUndefine})
 }
@@ -285,6 +293,7 @@ func (b *bench) ferry(ctx context.Context, from, to *lab.Host, c *cell) error {
 			r := s.Record
 			c.completed = s.Phase == migration.PhaseCompleted
 			c.total, c.downtime, c.mem, c.disk, c.b, c.f = r.Total, r.Downtime, r.MemBytes, r.DiskBytes, r.Bandwidth, float64(r.Floor)
+			c.first = r.FirstPass
 			if !c.completed {
 				b.logf("ferry: %s: %s", s.Phase, s.Reason)
 			}

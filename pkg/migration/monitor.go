@@ -393,6 +393,10 @@ func (r *runner) fillRecord(js virt.JobStats) {
 			rec.Total = js.Elapsed
 		}
 		rec.Bandwidth, rec.Floor = r.st.Bps, r.st.Floor
+		rec.FirstPass = r.st.FirstPass
+		if rec.FirstPass == 0 { // done within the first pass
+			rec.FirstPass = js.MemProcessed
+		}
 		rec.Stalls, rec.LongestStall = max(rec.Stalls, r.st.Stalls), max(rec.LongestStall, r.st.LongestStall)
 	})
 }

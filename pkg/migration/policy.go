@@ -105,6 +105,7 @@ type State struct {
 	pcBroken       bool
 
 	Bps          float64       // smoothed memory bandwidth, bytes/s, only while bytes flow
+	FirstPass    uint64        // bytes the first memory pass sent (the RAM that had to move); 0 until it ends
 	Floor        uint64        // F: lowest per-iteration dirty set over recent iterations
 	Downtime     time.Duration // max downtime currently set
 	Stalls       int           // transport stalls seen
@@ -197,6 +198,9 @@ func (st *State) converge(p Policy, s Sample) Action {
 		st.iter = it
 		st.iterStart[it] = s.At
 		st.iterBase = st.prevMemProc + st.prevRemaining
+		if st.FirstPass == 0 && it >= 2 {
+			st.FirstPass = st.iterBase
+		}
 	}
 	st.prevMemProc, st.prevRemaining = js.MemProcessed, js.MemRemaining
 	// The dirty set of this pass: what is left plus what it already sent.

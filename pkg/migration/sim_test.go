@@ -230,6 +230,9 @@ func TestPolicyScenarios(t *testing.T) {
 				if r.sim.downtime > 2*time.Second {
 					t.Errorf("downtime %v over the budget", r.sim.downtime)
 				}
+				if fp := r.st.FirstPass >> 20; fp < 380 || fp > 390 {
+					t.Errorf("first pass %d MiB, want the 384 MiB of RAM", fp)
+				}
 			},
 		},
 		{

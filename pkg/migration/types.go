@@ -84,6 +84,7 @@ type Record struct {
 	Total        time.Duration  `json:"total"`
 	Downtime     time.Duration  `json:"downtime"` // achieved, from the source's completed-job stats
 	MemBytes     uint64         `json:"memory_bytes"`
+	FirstPass    uint64         `json:"first_pass_bytes"` // the first memory pass: the RAM that had to move
 	DiskBytes    uint64         `json:"disk_bytes"`
 	Iterations   uint64         `json:"iterations"`
 	Bandwidth    float64        `json:"bandwidth_bps"` // B
