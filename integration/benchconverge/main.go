@@ -38,8 +38,8 @@ type cell struct {
 	completed bool
 	total     time.Duration
 	downtime  time.Duration
-	mem, disk uint64 // RAM sent (re-sends included), disk mirrored
-	first     uint64 // bytes of the first memory pass: M, the RAM that had to move
+	mem, disk uint64  // RAM sent (re-sends included), disk mirrored
+	first     uint64  // bytes of the first memory pass: M, the RAM that had to move
 	b, f      float64 // bytes/s, bytes
 	d         float64 // achieved dirty rate, MiB/s
 }
