@@ -166,7 +166,10 @@ func waitMoving(t *testing.T, r *run, n uint64) {
 	defer c.Close()
 	deadline := time.Now().Add(2 * time.Minute)
 	for time.Now().Before(deadline) {
-		if js, err := c.JobStats(ctx, guest(t).Spec.Name, false); err == nil && js.DataProcessed >= n {
+		// Only a running job that moved n bytes counts: early in a p2p
+		// migration libvirt may still show the previous job's figures.
+		if js, err := c.JobStats(ctx, guest(t).Spec.Name, false); err == nil && js.Type == virt.JobUnbounded &&
+			js.Elapsed >= 2*time.Second && js.DataProcessed >= n {
 			return
 		}
 		time.Sleep(100 * time.Millisecond)
@@ -266,7 +269,7 @@ func TestLinkCutPastStallLimit(t *testing.T) {
 // The engine is closed mid-migration; a new one on the same state directory
 // re-attaches, the migration completes and is recorded once.
 func TestReattach(t *testing.T) {
-	dirty(t, 64, 10)
+	dirty(t, 64, 4) // converges by itself (D = B/5): the test is about re-attaching, not the policy
 	dir := t.TempDir()
 	r := start(t, migration.Policy{}, 20, dir)
 	waitMoving(t, r, 8<<20)
