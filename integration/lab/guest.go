@@ -449,3 +449,24 @@ func (l *Lab) Where(ctx context.Context, g *Guest) (from, to *Host, err error) {
 	}
 	return nil, nil, fmt.Errorf("unreachable")
 }
+
+// WaitTicks waits until the guest has written its counter into both
+// volumes at least once (the first tick comes 2 s after boot, later on a
+// loaded machine).
+func (l *Lab) WaitTicks(ctx context.Context, g *Guest, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		b, n, err := g.VolumeTicks()
+		if err == nil && b.Boot != "" && n.Boot != "" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("guest %s: no tick on both volumes within %s (block %+v, network %+v, %v)", g.Spec.Name, timeout, b, n, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}

@@ -25,6 +25,9 @@ func TestSmokeMigration(t *testing.T) {
 	if _, err := theLab.WaitHeartbeats(ctx, a, g, 20, time.Minute); err != nil {
 		t.Fatal(err)
 	}
+	if err := theLab.WaitTicks(ctx, g, time.Minute); err != nil {
+		t.Fatal(err)
+	}
 	for _, hop := range [][2]*lab.Host{{a, b}, {b, a}} {
 		from, to := hop[0], hop[1]
 		r, err := theLab.Migrate(ctx, g, from, to)
