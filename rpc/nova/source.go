@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -35,30 +36,20 @@ func (c *Compute) checkSource(ctx context.Context, r *oslo.Request) (any, error)
 		return nil, PreCheck("instance %s has Neutron ports (%s): native mode cannot move port bindings; run ferry in companion mode beside nova-compute",
 			uuid, strings.Join(ports, ", "))
 	}
-	local, err := c.local(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer local.Close()
-	xml, err := local.DomainXML(ctx, uuid, false)
-	if err != nil {
+	g, err := c.localGuest(ctx, uuid)
+	if errors.Is(err, errNoGuest) {
 		return nil, PreCheck("instance %s is not running on %s: %v", uuid, c.o.Host, err)
 	}
-	g, err := virt.ParseGuest(xml)
 	if err != nil {
 		return nil, err
 	}
-	var volumes []disks.Volume
 	for _, d := range g.Disks {
-		if d.Serial == "" {
-			continue
-		}
-		if d.Type == "file" {
+		if d.Serial != "" && d.Type == "file" {
 			return nil, PreCheck("volume %s (%s at %s) is a file on this host: it needs a host-side connector, which native mode does not provide",
 				d.Serial, d.Target, d.Source)
 		}
-		volumes = append(volumes, disks.Volume{ID: d.Serial, Dev: d.Target})
 	}
+	volumes := volumesOf(g)
 	sharedPath := false
 	if f := md.Str("filename"); f != "" {
 		_, err := os.Stat(filepath.Join(c.o.InstancesPath, f))
@@ -127,18 +118,54 @@ func neutronPorts(inst *Object) []string {
 // diskNeedMiB sums the virtual sizes of the disks to copy.
 func (c *Compute) diskNeedMiB(ctx context.Context, g virt.Guest, copySet []string) (int64, error) {
 	var total int64
-	for _, d := range g.Disks {
-		for _, t := range copySet {
-			if d.Target == t {
-				sz, err := virtualSize(ctx, d.Source)
-				if err != nil {
-					return 0, err
-				}
-				total += sz
-			}
+	for _, d := range copied(g, copySet) {
+		sz, err := virtualSize(ctx, d.Source)
+		if err != nil {
+			return 0, err
 		}
+		total += sz
 	}
 	return total >> 20, nil
+}
+
+// errNoGuest: this host's libvirt has no such domain (or cannot show it).
+var errNoGuest = errors.New("guest not found on this host")
+
+// localGuest reads a guest's domain XML from this host's libvirt.
+func (c *Compute) localGuest(ctx context.Context, uuid string) (virt.Guest, error) {
+	local, err := c.local(ctx)
+	if err != nil {
+		return virt.Guest{}, err
+	}
+	defer local.Close()
+	xml, err := local.DomainXML(ctx, uuid, false)
+	if err != nil {
+		return virt.Guest{}, fmt.Errorf("%w: %w", errNoGuest, err)
+	}
+	return virt.ParseGuest(xml)
+}
+
+// volumesOf lists the guest's volumes: Nova sets a volume disk's serial to
+// its volume id.
+func volumesOf(g virt.Guest) []disks.Volume {
+	var vs []disks.Volume
+	for _, d := range g.Disks {
+		if d.Serial != "" {
+			vs = append(vs, disks.Volume{ID: d.Serial, Dev: d.Target})
+		}
+	}
+	return vs
+}
+
+// copied returns the guest's disks named in the copy set.
+func copied(g virt.Guest, copySet []string) []virt.Disk {
+	var out []virt.Disk
+	for _, d := range g.Disks {
+		if slices.Contains(copySet, d.Target) {
+			out = append(out, d)
+		}
+	}
+	return out
 }
 
 func virtualSize(ctx context.Context, path string) (int64, error) {
@@ -194,27 +221,12 @@ func (c *Compute) liveMigration(ctx context.Context, r *oslo.Request) (any, erro
 // request builds the engine's request: the copy set, the URIs, the policy.
 func (c *Compute) request(ctx context.Context, rctx Context, inst, mig, md *Object, dest string, blockArg any) (migration.Request, error) {
 	uuid := inst.Str("uuid")
-	local, err := c.local(ctx)
-	if err != nil {
-		return migration.Request{}, err
-	}
-	defer local.Close()
-	xml, err := local.DomainXML(ctx, uuid, false)
+	g, err := c.localGuest(ctx, uuid)
 	if err != nil {
 		return migration.Request{}, fmt.Errorf("live_migration %s: %w", uuid, err)
 	}
-	g, err := virt.ParseGuest(xml)
-	if err != nil {
-		return migration.Request{}, err
-	}
-	var volumes []disks.Volume
-	for _, d := range g.Disks {
-		if d.Serial != "" {
-			volumes = append(volumes, disks.Volume{ID: d.Serial, Dev: d.Target})
-		}
-	}
 	shared := md.Bool("is_shared_instance_path")
-	sel := disks.Select(g.Disks, volumes, func(p string) bool { return shared && strings.HasPrefix(p, c.o.InstancesPath+"/") })
+	sel := disks.Select(g.Disks, volumesOf(g), func(p string) bool { return shared && strings.HasPrefix(p, c.o.InstancesPath+"/") })
 	peer := c.o.Peers[dest]
 	uris, err := hostnet.For(hostnet.Dest{Host: dest, Mgmt: peer.Management, TLSName: peer.TLSName, Scheme: c.o.Scheme}, c.o.NativeTLS)
 	if err != nil {
@@ -231,11 +243,7 @@ func (c *Compute) request(ctx context.Context, rctx Context, inst, mig, md *Obje
 		if f, err := inst.Child("flavor"); err == nil {
 			memMB = f.Int("memory_mb")
 		}
-		gib := max(memMB/1024, 2)
-		for _, d := range sel.Copy {
-			_ = d
-			gib += 2 // Nova counts each disk as at least 2 GiB
-		}
+		gib := max(memMB/1024, 2) + 2*int64(len(sel.Copy)) // Nova counts each disk as at least 2 GiB
 		policy.CompletionTimeout = time.Duration(gib) * c.o.CompletionPerGiB
 	}
 	var diskInfo *string
@@ -271,21 +279,16 @@ func (c *Compute) diskInfo(ctx context.Context, g virt.Guest, copySet []string) 
 		Over        int64  `json:"over_committed_disk_size"`
 	}
 	var out []info
-	for _, d := range g.Disks {
-		for _, t := range copySet {
-			if d.Target != t {
-				continue
-			}
-			sz, err := virtualSize(ctx, d.Source)
-			if err != nil {
-				return "", err
-			}
-			f := d.Format
-			if f == "" {
-				f = "raw"
-			}
-			out = append(out, info{Type: f, Path: d.Source, VirtualSize: sz})
+	for _, d := range copied(g, copySet) {
+		sz, err := virtualSize(ctx, d.Source)
+		if err != nil {
+			return "", err
 		}
+		f := d.Format
+		if f == "" {
+			f = "raw"
+		}
+		out = append(out, info{Type: f, Path: d.Source, VirtualSize: sz})
 	}
 	b, err := json.Marshal(out)
 	return string(b), err
