@@ -34,11 +34,11 @@ func (r MigrationResult) String() string {
 	if r.Continuity != nil {
 		hb = "broken: " + r.Continuity.Error()
 	}
-	return fmt.Sprintf("%s→%s migrate_disks=%v wall=%.1fs downtime=%dms memory=%dMiB disk_total=%dMiB (virtual %dMiB) "+
+	return fmt.Sprintf("%s→%s migrate_disks=%v wall=%.1fs downtime=%dms memory=%dMiB disk_total=%dKiB (virtual %dKiB) "+
 		"mig0_tx=%dMiB mgmt0_tx=%dKiB heartbeat=%s (src n=%d → dst n=%d, boot %s) "+
 		"volume ticks vdb %d→%d vdc %d→%d",
 		r.From, r.To, r.Spec.Disks, r.Wall.Seconds(), r.Stats.Downtime.Milliseconds(), r.Stats.MemProcessed>>20,
-		r.Stats.DiskTotal>>20, r.DiskVirtual>>20, r.MigTX>>20, r.MgmtTX>>10, hb, r.LastSrc.N, r.FirstDst.N,
+		r.Stats.DiskTotal>>10, r.DiskVirtual>>10, r.MigTX>>20, r.MgmtTX>>10, hb, r.LastSrc.N, r.FirstDst.N,
 		r.LastSrc.Boot, r.TicksBefore[0].N, r.TicksAfter[0].N, r.TicksBefore[1].N, r.TicksAfter[1].N)
 }
 
