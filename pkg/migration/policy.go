@@ -199,7 +199,10 @@ func (st *State) converge(p Policy, s Sample) Action {
 		st.iterStart[it] = s.At
 		st.iterBase = st.prevMemProc + st.prevRemaining
 		if st.FirstPass == 0 && it >= 2 {
-			st.FirstPass = st.iterBase
+			// memory_remaining counts unsent pages at page size, zero pages
+			// included, which cost almost nothing to send: the pass cannot
+			// have sent more than the job had sent by now.
+			st.FirstPass = min(st.iterBase, js.MemProcessed)
 		}
 	}
 	st.prevMemProc, st.prevRemaining = js.MemProcessed, js.MemRemaining
