@@ -19,8 +19,9 @@
 // # What a restart can rely on
 //
 // Probe (integration/engine TestProbeJobSurvivesConnectionClose, libvirt
-// 9.0.0, QEMU 7.2): a peer-to-peer job whose Perform3Params connection is
-// closed three seconds in keeps running — the Perform call returns
+// 9.0.0, QEMU 7.2, run by every `make test`, failing if any of this stops
+// being true): a peer-to-peer job whose Perform3Params connection is closed
+// once the job has moved 8 MiB keeps running — the Perform call returns
 // "procedure interrupted", job stats on another connection go on rising,
 // the job completes, the destination domain runs (reason "migrated"), the
 // source shuts off (reason "migrated") and its completed-job statistics

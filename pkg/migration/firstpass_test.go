@@ -37,3 +37,28 @@ func TestFirstPass(t *testing.T) {
 		})
 	}
 }
+
+// TestBandwidthIsPreCopy: once the job is in post-copy, its (uncapped)
+// stream no longer moves B, which stays the bandwidth the decisions used.
+func TestBandwidthIsPreCopy(t *testing.T) {
+	const MiB = 1 << 20
+	var st State
+	p := Policy{}.WithDefaults()
+	var proc uint64
+	feed := func(i int, bps uint64) {
+		proc += bps
+		Decide(p, &st, Sample{At: time.Duration(i) * time.Second, Stats: virt.JobStats{
+			Type: virt.JobUnbounded, Elapsed: time.Duration(i) * time.Second, MemIteration: 1,
+			MemProcessed: proc, DataProcessed: proc, MemRemaining: 400 * MiB, MemTotal: 512 * MiB, MemBps: bps}})
+	}
+	for i := 0; i < 6; i++ {
+		feed(i, 50*MiB)
+	}
+	st.PostCopy = true
+	for i := 6; i < 12; i++ {
+		feed(i, 500*MiB)
+	}
+	if b := st.Bps / MiB; b < 49 || b > 51 {
+		t.Errorf("B = %.1f MiB/s after post-copy at 500 MiB/s, want the pre-copy 50 MiB/s", b)
+	}
+}

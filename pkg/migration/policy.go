@@ -104,7 +104,7 @@ type State struct {
 	timedOut       bool
 	pcBroken       bool
 
-	Bps          float64       // smoothed memory bandwidth, bytes/s, only while bytes flow
+	Bps          float64       // smoothed memory bandwidth, bytes/s, only while bytes flow, pre-copy only
 	FirstPass    uint64        // bytes the first memory pass sent (the RAM that had to move); 0 until it ends
 	Floor        uint64        // F: lowest per-iteration dirty set over recent iterations
 	Downtime     time.Duration // max downtime currently set
@@ -153,9 +153,14 @@ func Decide(p Policy, st *State, s Sample) Action {
 		if bps == 0 && dt > 0 {
 			bps = float64(moved) / dt.Seconds()
 		}
-		if st.Bps == 0 {
+		switch {
+		case st.PostCopy:
+			// B stays the pre-copy bandwidth the decisions rested on: the
+			// post-copy stream runs under its own limit (QEMU's
+			// max-postcopy-bandwidth, unlimited unless set, as under Nova).
+		case st.Bps == 0:
 			st.Bps = bps
-		} else {
+		default:
 			st.Bps = ewmaAlpha*bps + (1-ewmaAlpha)*st.Bps
 		}
 	} else {
