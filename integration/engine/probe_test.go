@@ -7,46 +7,82 @@ import (
 	"testing"
 	"time"
 
+	"opendev.org/x/ferry/integration/lab"
 	"opendev.org/x/ferry/pkg/virt"
 )
 
 // TestProbeJobSurvivesConnectionClose answers the question the restart
-// design rests on: does a peer-to-peer migration job keep running in
-// libvirt when the connection that called Perform3Params closes?
+// design rests on (pkg/migration's package doc): does a peer-to-peer
+// migration job keep running in libvirt when the connection that called
+// Perform3Params closes? It closes that connection once the job has moved
+// bytes and fails unless the job goes on moving bytes, completes, and leaves
+// the guest running on the destination with its heartbeat continuous and
+// the source's completed-job statistics readable.
 func TestProbeJobSurvivesConnectionClose(t *testing.T) {
 	ctx := context.Background()
+	dirty(t, 0, 0)
 	g := guest(t)
 	from, to := where(t, g)
 	if err := theLab.PrecreateDisk(ctx, to, g); err != nil {
 		t.Fatal(err)
 	}
+	dstOff := g.LogOffset(to)
 	mc, err := from.Dial(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
+	// 10 MiB/s: ~150 MiB of disk and RAM take ~15 s, time enough to close
+	// the connection mid-job and watch the job carry on.
 	spec := virt.MigrateSpec{DestURI: to.TCPURI(), MigrateURI: "tcp://" + to.Mig.String(), DisksURI: "tcp://" + to.Mig.String(),
-		Disks: []string{"vda"}, Copy: virt.CopyFull, PersistDest: true, Bandwidth: 30}
+		Disks: []string{"vda"}, Copy: virt.CopyFull, PersistDest: true, Bandwidth: 10}
 	done := make(chan error, 1)
 	go func() { done <- mc.Migrate(context.Background(), g.Spec.Name, spec) }()
-	time.Sleep(3 * time.Second)
 	ctl, err := from.Dial(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ctl.Close()
-	before, err := ctl.JobStats(ctx, g.Spec.Name, false)
-	t.Logf("before closing: job type %d, processed %d MiB (%v)", before.Type, before.DataProcessed>>20, err)
-	mc.Close()
-	t.Logf("Perform3Params returned after the close: %v", <-done)
-	for i := 0; i < 120; i++ {
-		st, err := ctl.JobStats(ctx, g.Spec.Name, false)
-		ds, _ := ctl.DomainState(ctx, g.Spec.Name)
-		t.Logf("t+%ds: job type %d processed %d MiB remaining %d MiB; domain %v/%d (%v)", i, st.Type, st.DataProcessed>>20, st.DataRemaining>>20, ds.State, ds.Reason, err)
-		if err != nil || st.Type == virt.JobNone {
+
+	var before virt.JobStats
+	for deadline := time.Now().Add(2 * time.Minute); ; {
+		before, err = ctl.JobStats(ctx, g.Spec.Name, false)
+		if err == nil && before.Type == virt.JobUnbounded && before.DataProcessed >= 8<<20 {
 			break
 		}
-		time.Sleep(time.Second)
+		select {
+		case err := <-done:
+			t.Fatalf("the migration ended before it moved 8 MiB: %v", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the job never moved 8 MiB (last: type %d, %d bytes, %v)", before.Type, before.DataProcessed, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
+	t.Logf("before closing: job running %v, %d MiB moved", before.Elapsed, before.DataProcessed>>20)
+	mc.Close()
+	t.Logf("Perform3Params returned after the close: %v", <-done)
+
+	var maxSeen uint64
+	for deadline := time.Now().Add(3 * time.Minute); ; {
+		st, err := ctl.JobStats(ctx, g.Spec.Name, false)
+		if err != nil {
+			t.Fatalf("job stats after the close: %v", err)
+		}
+		if st.Type != virt.JobUnbounded {
+			break
+		}
+		maxSeen = max(maxSeen, st.DataProcessed)
+		if time.Now().After(deadline) {
+			t.Fatalf("the job still runs 3 minutes after the close (%d MiB moved)", st.DataProcessed>>20)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	t.Logf("after the close the job went on to %d MiB moved, then ended", maxSeen>>20)
+	if maxSeen <= before.DataProcessed {
+		t.Errorf("no bytes moved after the Perform3Params connection closed (%d MiB before, %d MiB after): the job did not survive", before.DataProcessed>>20, maxSeen>>20)
+	}
+
 	dc, err := to.Dial(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -54,8 +90,33 @@ func TestProbeJobSurvivesConnectionClose(t *testing.T) {
 	defer dc.Close()
 	ds, err := dc.DomainState(ctx, g.Spec.Name)
 	t.Logf("destination domain: %v/%d (%v)", ds.State, ds.Reason, err)
-	ss, err := ctl.DomainState(ctx, g.Spec.Name)
-	t.Logf("source domain: %v/%d (%v)", ss.State, ss.Reason, err)
-	cs, err := ctl.JobStats(ctx, g.Spec.Name, true)
-	t.Logf("source completed stats: type %d downtime %v err %q (%v)", cs.Type, cs.Downtime, cs.ErrMsg, err)
+	ss, serr := ctl.DomainState(ctx, g.Spec.Name)
+	t.Logf("source domain: %v/%d (%v)", ss.State, ss.Reason, serr)
+	cs, cerr := ctl.JobStats(ctx, g.Spec.Name, true)
+	t.Logf("source completed stats: type %d downtime %v memory %d MiB err %q (%v)", cs.Type, cs.Downtime, cs.MemProcessed>>20, cs.ErrMsg, cerr)
+	if err != nil || ds.State != virt.StateRunning {
+		t.Fatalf("destination domain %v (%v), want running: the job did not complete after its connection closed", ds.State, err)
+	}
+	if serr == nil && ss.State != virt.StateShutoff {
+		t.Errorf("source domain %v, want shut off (migrated)", ss.State)
+	}
+	if cerr != nil || cs.Type != virt.JobCompleted || cs.Downtime <= 0 {
+		t.Errorf("source completed-job statistics: type %d downtime %v (%v), want a completed job with its downtime", cs.Type, cs.Downtime, cerr)
+	}
+	src, err := g.Heartbeats(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dst, err := theLab.BeatsAfter(ctx, to, g, dstOff, 20, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lab.Continuity(src, dst); err != nil {
+		t.Errorf("heartbeat: %v", err)
+	}
+	// What the engine's undefine-source step does, so the next test finds
+	// the guest on one host only.
+	if err := ctl.Control(ctx, g.Spec.Name, virt.Control{Op: virt.OpUndefine}); err != nil {
+		t.Errorf("undefine the source: %v", err)
+	}
 }
