@@ -79,15 +79,16 @@ type Lab struct {
 	Hosts []*Host
 	Image Image
 
-	logf    func(string, ...any)
-	lock    *os.File
-	rec     *record
-	procs   sync.WaitGroup // owners of the daemons' Wait calls
-	sig     chan os.Signal
-	closed  chan struct{}
-	once    sync.Once
-	started time.Time
-	guests  int
+	logf         func(string, ...any)
+	lock         *os.File
+	rec          *record
+	procs        sync.WaitGroup // owners of the daemons' Wait calls
+	sig          chan os.Signal
+	closed       chan struct{}
+	once         sync.Once
+	teardownOnce sync.Once
+	started      time.Time
+	guests       int
 }
 
 // Host returns the named host or nil.
@@ -205,12 +206,16 @@ func (l *Lab) Close() {
 	})
 }
 
+// teardown runs once: a signal's teardown and the Close of the test that
+// the signal broke must not race over the same namespaces.
 func (l *Lab) teardown() {
-	t := time.Now()
-	if err := reap(l.logf); err != nil {
-		l.logf("lab: teardown: %v", err)
-	}
-	l.logf("lab: teardown done in %.1fs", time.Since(t).Seconds())
+	l.teardownOnce.Do(func() {
+		t := time.Now()
+		if err := reap(l.logf); err != nil {
+			l.logf("lab: teardown: %v", err)
+		}
+		l.logf("lab: teardown done in %.1fs", time.Since(t).Seconds())
+	})
 }
 
 // takeLock makes sure no other lab runs on this machine; a dead holder's
