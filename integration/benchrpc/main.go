@@ -26,6 +26,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"opendev.org/x/ferry/config"
 	"opendev.org/x/ferry/integration/rabbit"
 	"opendev.org/x/ferry/rpc/oslo"
 )
@@ -54,6 +55,11 @@ func main() {
 }
 
 func serveGo(url string) {
+	// The process setting ferryd runs with (config max_procs), unless
+	// GOMAXPROCS is set.
+	if os.Getenv("GOMAXPROCS") == "" {
+		runtime.GOMAXPROCS(config.Default().MaxProcs)
+	}
 	u, err := oslo.ParseTransportURL(url)
 	if err != nil {
 		panic(err)
