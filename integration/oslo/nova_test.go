@@ -80,12 +80,15 @@ func TestNovaComputeAPI(t *testing.T) {
 	var res struct {
 		ReturnedClass string `json:"returned_class"`
 		EchoEqual     bool   `json:"echo_equal"`
+		EchoDiff      any    `json:"echo_diff"`
+		EchoDataDiff  any    `json:"echo_data_diff"`
 	}
 	if err := json.Unmarshal(out, &res); err != nil {
 		t.Fatalf("nova_api.py said %s", out)
 	}
 	if res.ReturnedClass != "Instance" || !res.EchoEqual {
-		t.Errorf("the echoed Instance came back as %s, equal=%v", res.ReturnedClass, res.EchoEqual)
+		t.Errorf("the echoed Instance came back as %s, equal=%v; differences (sent, received): %v; in nova_object.data: %v",
+			res.ReturnedClass, res.EchoEqual, res.EchoDiff, res.EchoDataDiff)
 	}
 	inst := <-got
 	var flavor struct {
