@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"runtime"
 	"syscall"
 	"time"
 
@@ -46,9 +45,7 @@ func main() {
 		os.Exit(2)
 	}
 	log := newLogger(cfg.Log)
-	if os.Getenv("GOMAXPROCS") == "" && cfg.MaxProcs > 0 {
-		runtime.GOMAXPROCS(cfg.MaxProcs)
-	}
+	cfg.ApplyMaxProcs()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	if err := run(ctx, cfg, log); err != nil {

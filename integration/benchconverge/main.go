@@ -103,8 +103,9 @@ func main() {
 					continue
 				}
 				cs = append(cs, c)
+				tp := c.tphys().Seconds()
 				fmt.Printf("%-8s %5d %4d %6d %9d %6d %7.1f %7.1f %8.1f %8.1f %8.1f %6.1f %6.2f %9v %v\n", ctl, rate, r+1, c.first>>20, c.mem>>20, c.disk>>20,
-					c.b/(1<<20), c.d, c.f/(1<<20), c.tphys().Seconds(), c.total.Seconds(), c.total.Seconds()-c.tphys().Seconds(), c.total.Seconds()/c.tphys().Seconds(),
+					c.b/(1<<20), c.d, c.f/(1<<20), tp, c.total.Seconds(), c.total.Seconds()-tp, c.total.Seconds()/tp,
 					c.downtime.Round(time.Millisecond), c.completed)
 			}
 			if len(cs) > 0 {

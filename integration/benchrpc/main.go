@@ -55,11 +55,7 @@ func main() {
 }
 
 func serveGo(url string) {
-	// The process setting ferryd runs with (config max_procs), unless
-	// GOMAXPROCS is set.
-	if os.Getenv("GOMAXPROCS") == "" {
-		runtime.GOMAXPROCS(config.Default().MaxProcs)
-	}
+	config.Default().ApplyMaxProcs() // as ferryd runs
 	u, err := oslo.ParseTransportURL(url)
 	if err != nil {
 		panic(err)

@@ -63,14 +63,15 @@ def main(url, dest, source):
     out = {}
     back = api.check_can_live_migrate_destination(ctxt, instance, dest, None, None, migration, None)
     out["returned_class"] = type(back).__name__
-    out["echo_equal"] = (type(back).__name__ == "Instance"
-                         and norm(back.obj_to_primitive()) == norm(instance.obj_to_primitive()))
+    out["echo_equal"] = False
     out["echo_uuid"] = getattr(back, "uuid", None)
-    if not out["echo_equal"] and type(back).__name__ == "Instance":
+    if type(back).__name__ == "Instance":
         a, b = norm(instance.obj_to_primitive()), norm(back.obj_to_primitive())
-        out["echo_diff"] = {k: [repr(a.get(k)), repr(b.get(k))] for k in set(a) | set(b) if a.get(k) != b.get(k)}
-        da, db = a.get("nova_object.data", {}), b.get("nova_object.data", {})
-        out["echo_data_diff"] = {k: [repr(da.get(k)), repr(db.get(k))] for k in set(da) | set(db) if da.get(k) != db.get(k)}
+        out["echo_equal"] = a == b
+        if a != b:  # say where they differ
+            out["echo_diff"] = {k: [repr(a.get(k)), repr(b.get(k))] for k in set(a) | set(b) if a.get(k) != b.get(k)}
+            da, db = a.get("nova_object.data", {}), b.get("nova_object.data", {})
+            out["echo_data_diff"] = {k: [repr(da.get(k)), repr(db.get(k))] for k in set(da) | set(db) if da.get(k) != db.get(k)}
     migrate_data = objects.LibvirtLiveMigrateData(is_shared_instance_path=False, is_shared_block_storage=False,
                                                   block_migration=True, instance_relative_path=instance.uuid,
                                                   filename="tmpab12cd34", image_type="default",
