@@ -93,6 +93,9 @@ func show(out io.Writer, m migration.Migration, asJSON bool) int {
 		fmt.Fprintf(out, "  reason:     %s\n", m.Reason)
 	}
 	fmt.Fprintf(out, "  instance:   %s → %s\n  copy set:   %v\n", m.InstanceUUID, m.DestHost, m.Spec.Disks)
+	if m.CopyNote != "" {
+		fmt.Fprintf(out, "  disk copy:  %s\n", m.CopyNote)
+	}
 	fmt.Fprintf(out, "  total:      %v (downtime %v)\n  moved:      memory %d MiB, disk %d MiB in %d iterations\n",
 		r.Total.Round(100*time.Millisecond), r.Downtime, r.MemBytes>>20, r.DiskBytes>>20, r.Iterations)
 	fmt.Fprintf(out, "  estimates:  B %.1f MiB/s, F %.1f MiB; %d stalls\n", r.Bandwidth/(1<<20), float64(r.Floor)/(1<<20), r.Stalls)

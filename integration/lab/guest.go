@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -28,7 +29,15 @@ type GuestSpec struct {
 	DefineOnly   bool   // define the domain, do not boot it
 	CPUModel     string // guest CPU model; default qemu64
 	MissingLUN   bool   // add a block volume whose device exists on no host
+	// BaseMiB > 0 makes vda a qcow2 overlay on a raw base image of that
+	// size in InstancesPath/_base, the way Nova's image cache lays disks
+	// out. The base is filled with BasePattern and put on the starting host
+	// only; PutBase copies it to another.
+	BaseMiB int
 }
+
+// BasePattern is the byte a guest's base image is filled with.
+const BasePattern = 0x5a
 
 // Guest is a booted lab guest with a local disk (vda, in the instances
 // directory), a block volume (vdb: a loop device, like a pre-presented SAN
@@ -141,7 +150,11 @@ func (l *Lab) StartGuest(ctx context.Context, h *Host, spec GuestSpec) (*Guest, 
 		nbdExportName: spec.Name + "-vol",
 	}
 	g.LocalDisk = filepath.Join(InstancesPath, g.UUID, "disk")
-	if err := l.PrecreateDisk(ctx, h, g); err != nil {
+	if spec.BaseMiB > 0 {
+		if err := l.makeOverlay(ctx, h, g); err != nil {
+			return nil, err
+		}
+	} else if err := l.PrecreateDisk(ctx, h, g); err != nil {
 		return nil, err
 	}
 	if err := l.makeVolumes(ctx, g); err != nil {
@@ -183,6 +196,75 @@ func (l *Lab) PrecreateDisk(ctx context.Context, h *Host, g *Guest) error {
 	_ = os.Remove(p)
 	_, err := run(ctx, "qemu-img", "create", "-q", "-f", "qcow2", p, fmt.Sprintf("%dM", g.Spec.LocalDiskMiB))
 	return err
+}
+
+// Base is the path (inside every host) of the guest's base image.
+func (g *Guest) Base() string {
+	return filepath.Join(InstancesPath, "_base", g.Spec.Name+"-base")
+}
+
+// makeOverlay writes the guest's base on h and vda as an overlay on it.
+func (l *Lab) makeOverlay(ctx context.Context, h *Host, g *Guest) error {
+	base := h.Path(g.Base())
+	if err := os.MkdirAll(filepath.Dir(base), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(base, bytes.Repeat([]byte{BasePattern}, g.Spec.BaseMiB<<20), 0o644); err != nil {
+		return err
+	}
+	p := h.Path(g.LocalDisk)
+	if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+		return err
+	}
+	_ = os.Remove(p)
+	// -u: the backing path is the in-host one, which this (root) namespace
+	// does not resolve; the size is given, so qemu-img need not open it.
+	_, err := run(ctx, "qemu-img", "create", "-q", "-u", "-f", "qcow2", "-b", g.Base(), "-F", "raw", p, fmt.Sprintf("%dM", g.Spec.LocalDiskMiB))
+	return err
+}
+
+// PutBase copies the guest's base image to h (as an image cache that
+// already holds the guest's image would have it).
+func (l *Lab) PutBase(from, to *Host, g *Guest) error {
+	b, err := os.ReadFile(from.Path(g.Base()))
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(to.Path(g.Base())), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(to.Path(g.Base()), b, 0o644)
+}
+
+// RemoveBase deletes the guest's base image from h.
+func (l *Lab) RemoveBase(h *Host, g *Guest) error { return os.Remove(h.Path(g.Base())) }
+
+// ReadsBase checks, inside h's mount namespace, that the guest's local disk
+// on h reads the base's pattern at [off, off+n) MiB: through the backing
+// chain for an overlay, from the image itself after a full copy.
+func (l *Lab) ReadsBase(ctx context.Context, h *Host, g *Guest, offMiB, nMiB int) error {
+	out, err := h.Run(ctx, "qemu-io", "-r", "-U", "-f", "qcow2", "-c",
+		fmt.Sprintf("read -P %d %dM %dM", BasePattern, offMiB, nMiB), g.LocalDisk)
+	if err != nil || !strings.Contains(out, "read ") || strings.Contains(out, "fail") {
+		return fmt.Errorf("%s on %s does not read the base pattern at %d+%d MiB: %v: %s", g.LocalDisk, h.Name, offMiB, nMiB, err, out)
+	}
+	return nil
+}
+
+// ImageBacking returns the backing file named in the header of the guest's
+// local disk on h ("" for a flat image).
+func (g *Guest) ImageBacking(ctx context.Context, h *Host) (string, error) {
+	out, err := run(ctx, "qemu-img", "info", "-U", "--output=json", h.Path(g.LocalDisk))
+	if err != nil {
+		return "", err
+	}
+	var info struct {
+		Backing string `json:"backing-filename"`
+	}
+	if err := json.Unmarshal([]byte(out), &info); err != nil {
+		return "", err
+	}
+	return info.Backing, nil
 }
 
 func (l *Lab) makeVolumes(ctx context.Context, g *Guest) error {

@@ -432,6 +432,13 @@ func (l *Lab) StartIn(h *Host, logPath string, args ...string) (*Proc, error) {
 	return p, nil
 }
 
+// Run runs a command to its end inside h's mount and UTS namespaces, where
+// in-host paths resolve, and returns its combined output.
+func (h *Host) Run(ctx context.Context, args ...string) (string, error) {
+	out, err := exec.CommandContext(ctx, "nsenter", append([]string{"--target", strconv.Itoa(h.pid), "--mount", "--uts", "--"}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
 // PID is the process id.
 func (p *Proc) PID() int { return p.cmd.Process.Pid }
 

@@ -4,6 +4,13 @@
 // block migration is started with an empty migrate_disks list, Cinder
 // volumes included, which corrupts them. So the copy set is always explicit,
 // and an empty copy set means "no disk copy at all" (no non-shared-disk flag).
+//
+// How the copy set is copied (plan.go): incrementally, the top layer of
+// each overlay only, when the destination pre-created each overlay on its
+// own copy of the base; otherwise whole, onto flat images of the same format
+// and virtual size. The source offers the incremental form; the destination
+// accepts it or refuses, naming the missing bases, and the source then asks
+// for the flat form.
 package disks
 
 import (

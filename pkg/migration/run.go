@@ -173,8 +173,9 @@ wait:
 		r.rollback(ctx, reason)
 		r.setPhase(ctx, PhaseFailed, reason)
 	default:
-		// Prepare may have learned the destination's migration address.
-		r.update(func(m *Migration) { m.Spec, m.Extra = snap.Spec, snap.Extra })
+		// Prepare may have learned the destination's migration address and
+		// settled the disk copy mode.
+		r.update(func(m *Migration) { m.Spec, m.Extra, m.CopyNote = snap.Spec, snap.Extra, snap.CopyNote })
 		r.setPhase(ctx, PhaseRunning, "")
 	}
 	return nil

@@ -64,6 +64,7 @@ type Migration struct {
 	PausedByUs     bool          `json:"paused_by_us,omitempty"`
 	Downtime       time.Duration `json:"max_downtime,omitempty"` // the max downtime last set on the job
 	Detached       bool          `json:"detached,omitempty"`
+	CopyNote       string        `json:"copy_note,omitempty"` // how the disks are copied, and why
 	Record         Record        `json:"record"`
 	Updated        time.Time     `json:"updated"`
 }

@@ -82,6 +82,11 @@ type novaState struct {
 	Context     Context `json:"context"`
 	NovaID      int64   `json:"nova_id"`
 	Disk        *string `json:"disk"`
+	// FlatDisk describes the same disks without their backing files: sent
+	// when the destination cannot pre-create the overlays Disk asks for.
+	FlatDisk *string `json:"flat_disk,omitempty"`
+	// CopyWhy says why the copy is not incremental ("" when it may be).
+	CopyWhy string `json:"copy_why,omitempty"`
 }
 
 // NewCompute wires the endpoints. local opens this host's libvirt; dial a

@@ -6,12 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"syscall"
 
+	"opendev.org/x/ferry/pkg/disks"
 	"opendev.org/x/ferry/pkg/errdefs"
+	"opendev.org/x/ferry/pkg/qemuimg"
 	"opendev.org/x/ferry/pkg/virt"
 	"opendev.org/x/ferry/rpc/oslo"
 )
@@ -134,25 +134,8 @@ func (c *Compute) preLiveMigration(ctx context.Context, r *oslo.Request) (any, e
 	}
 	var diskJSON string
 	if ok, _ := r.Arg("disk", &diskJSON); ok && md.Bool("block_migration") && !md.Bool("is_shared_block_storage") {
-		var disks []struct {
-			Type, Path  string
-			VirtualSize int64 `json:"virt_disk_size"`
-		}
-		if err := json.Unmarshal([]byte(diskJSON), &disks); err != nil {
-			return nil, fmt.Errorf("%w: disk info: %w", errdefs.ErrInvalidArgument, err)
-		}
-		for _, d := range disks {
-			if !strings.HasPrefix(filepath.Clean(d.Path), filepath.Clean(c.o.InstancesPath)+"/") {
-				return nil, PreCheck("disk %s is outside the instances path %s", d.Path, c.o.InstancesPath)
-			}
-			if d.Type != "qcow2" && d.Type != "raw" {
-				return nil, PreCheck("disk %s has format %q; ferry pre-creates qcow2 and raw", d.Path, d.Type)
-			}
-			os.Remove(d.Path)
-			out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", d.Type, d.Path, fmt.Sprint(d.VirtualSize)).CombinedOutput()
-			if err != nil {
-				return nil, fmt.Errorf("pre-create %s: %w: %s", d.Path, err, out)
-			}
+		if err := c.precreate(ctx, diskJSON); err != nil {
+			return nil, err
 		}
 	}
 	set := map[string]any{"bdms": []any{}, "serial_listen_ports": []any{}, "supported_perf_events": []any{},
@@ -168,6 +151,35 @@ func (c *Compute) preLiveMigration(ctx context.Context, r *oslo.Request) (any, e
 		}
 	}
 	return md, nil
+}
+
+// precreate creates the images the source described, before the copy: an
+// overlay on this host's base where the source named a backing file, a flat
+// image of the same format and virtual size otherwise. A missing base is a
+// pre-check error the source answers by describing the disks flat.
+func (c *Compute) precreate(ctx context.Context, diskJSON string) error {
+	imgs, err := parseDiskInfo(diskJSON)
+	if err != nil {
+		return err
+	}
+	bases := func(name string) (string, bool) {
+		info, err := qemuimg.Read(ctx, filepath.Join(c.o.InstancesPath, disks.BaseDir, name), "")
+		return info.Format, err == nil && info.ChainDepth == 0
+	}
+	plan, err := disks.Precreate(imgs, c.o.InstancesPath, bases)
+	if err != nil {
+		return PreCheck("%v", err)
+	}
+	for _, cr := range plan {
+		if err := os.MkdirAll(filepath.Dir(cr.Path), 0o755); err != nil {
+			return fmt.Errorf("instance directory: %w", err)
+		}
+		os.Remove(cr.Path)
+		if err := qemuimg.Create(ctx, qemuimg.Spec(cr)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // postAtDestination is post_live_migration_at_destination: the Instance

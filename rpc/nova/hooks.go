@@ -117,8 +117,22 @@ func (c *Compute) Prepare(ctx context.Context, m *migration.Migration) error {
 		args["disk"] = *ns.Disk
 	}
 	res, err := c.callCompute(ctx, ns.Context, m.DestHost, "pre_live_migration", args, true)
+	if err != nil && ns.FlatDisk != nil && ctx.Err() == nil {
+		// The destination could not put overlays on its own bases: describe
+		// the disks flat and copy them whole.
+		ns.CopyWhy = fmt.Sprintf("the destination refused the overlays: %v", err)
+		c.log(m).WithError(err).Warn("pre_live_migration with backing files refused; retrying for a full disk copy")
+		args["disk"], ns.Disk, ns.FlatDisk = *ns.FlatDisk, ns.FlatDisk, nil
+		res, err = c.callCompute(ctx, ns.Context, m.DestHost, "pre_live_migration", args, true)
+	}
 	if err != nil {
 		return err
+	}
+	if m.Spec.Copy != virt.CopyNone {
+		m.Spec.Copy, m.CopyNote = virt.CopyFull, "full: "+ns.CopyWhy
+		if ns.FlatDisk != nil {
+			m.Spec.Copy, m.CopyNote = virt.CopyIncremental, "incremental: top layers only; the destination has the backing files"
+		}
 	}
 	md := &Object{}
 	if err := json.Unmarshal(res, md); err != nil {

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"opendev.org/x/ferry/pkg/errdefs"
 	"opendev.org/x/ferry/pkg/hostnet"
 	"opendev.org/x/ferry/pkg/migration"
+	"opendev.org/x/ferry/pkg/qemuimg"
 	"opendev.org/x/ferry/pkg/virt"
 	"opendev.org/x/ferry/rpc/oslo"
 )
@@ -117,15 +117,36 @@ func neutronPorts(inst *Object) []string {
 
 // diskNeedMiB sums the virtual sizes of the disks to copy.
 func (c *Compute) diskNeedMiB(ctx context.Context, g virt.Guest, copySet []string) (int64, error) {
+	imgs, err := images(ctx, g, copySet)
+	if err != nil {
+		return 0, err
+	}
 	var total int64
-	for _, d := range copied(g, copySet) {
-		sz, err := virtualSize(ctx, d.Source)
-		if err != nil {
-			return 0, err
-		}
-		total += sz
+	for _, im := range imgs {
+		total += im.VirtualSize
 	}
 	return total >> 20, nil
+}
+
+// images reads the copied disks' images: format, sizes, backing file.
+func images(ctx context.Context, g virt.Guest, copySet []string) ([]disks.Image, error) {
+	var out []disks.Image
+	for _, d := range copied(g, copySet) {
+		f := d.Format
+		if f == "" {
+			f = "raw"
+		}
+		info, err := qemuimg.Read(ctx, d.Source, f)
+		if err != nil {
+			return nil, err
+		}
+		im := disks.Image{Path: d.Source, Format: f, VirtualSize: info.VirtualSize, ActualSize: info.ActualSize, ChainDepth: info.ChainDepth}
+		if info.Backing != "" {
+			im.Backing = filepath.Base(info.Backing)
+		}
+		out = append(out, im)
+	}
+	return out, nil
 }
 
 // errNoGuest: this host's libvirt has no such domain (or cannot show it).
@@ -166,21 +187,6 @@ func copied(g virt.Guest, copySet []string) []virt.Disk {
 		}
 	}
 	return out
-}
-
-func virtualSize(ctx context.Context, path string) (int64, error) {
-	out, err := exec.CommandContext(ctx, "qemu-img", "info", "-U", "--output=json", path).Output()
-	if err != nil {
-		return 0, fmt.Errorf("qemu-img info %s: %w", path, err)
-	}
-	var info struct {
-		VirtualSize int64  `json:"virtual-size"`
-		Format      string `json:"format"`
-	}
-	if err := json.Unmarshal(out, &info); err != nil {
-		return 0, err
-	}
-	return info.VirtualSize, nil
 }
 
 // liveMigration is the live_migration cast: the migration is journalled
@@ -246,16 +252,26 @@ func (c *Compute) request(ctx context.Context, rctx Context, inst, mig, md *Obje
 		gib := max(memMB/1024, 2) + 2*int64(len(sel.Copy)) // Nova counts each disk as at least 2 GiB
 		policy.CompletionTimeout = time.Duration(gib) * c.o.CompletionPerGiB
 	}
-	var diskInfo *string
+	ns := &novaState{Instance: inst, Migration: mig, MigrateData: md, BlockMig: blockArg, Context: rctx, NovaID: mig.Int("id")}
 	if spec.Copy != virt.CopyNone {
-		s, err := c.diskInfo(ctx, g, sel.Copy)
+		imgs, err := images(ctx, g, sel.Copy)
 		if err != nil {
 			return migration.Request{}, err
 		}
-		diskInfo = &s
+		offer, inc, why := disks.Offer(imgs)
+		disk, err := diskInfo(offer)
+		if err != nil {
+			return migration.Request{}, err
+		}
+		ns.Disk, ns.CopyWhy = &disk, why
+		if inc {
+			flat, err := diskInfo(disks.Flat(imgs))
+			if err != nil {
+				return migration.Request{}, err
+			}
+			ns.FlatDisk = &flat
+		}
 	}
-	ns := &novaState{Instance: inst, Migration: mig, MigrateData: md, BlockMig: blockArg, Context: rctx,
-		NovaID: mig.Int("id"), Disk: diskInfo}
 	extra, err := json.Marshal(ns)
 	if err != nil {
 		return migration.Request{}, err
@@ -268,30 +284,37 @@ func (c *Compute) request(ctx context.Context, rctx Context, inst, mig, md *Obje
 		Spec: spec, Policy: policy, Extra: extra}, nil
 }
 
-// diskInfo is the JSON string pre_live_migration's disk argument carries.
-func (c *Compute) diskInfo(ctx context.Context, g virt.Guest, copySet []string) (string, error) {
-	type info struct {
-		Type        string `json:"type"`
-		Path        string `json:"path"`
-		VirtualSize int64  `json:"virt_disk_size"`
-		BackingFile string `json:"backing_file"`
-		DiskSize    int64  `json:"disk_size"`
-		Over        int64  `json:"over_committed_disk_size"`
-	}
-	var out []info
-	for _, d := range copied(g, copySet) {
-		sz, err := virtualSize(ctx, d.Source)
-		if err != nil {
-			return "", err
-		}
-		f := d.Format
-		if f == "" {
-			f = "raw"
-		}
-		out = append(out, info{Type: f, Path: d.Source, VirtualSize: sz})
+// diskEntry is one element of pre_live_migration's disk argument, a JSON
+// string in the shape of Nova's get_instance_disk_info.
+type diskEntry struct {
+	Type        string `json:"type"`
+	Path        string `json:"path"`
+	VirtualSize int64  `json:"virt_disk_size"`
+	BackingFile string `json:"backing_file"`
+	DiskSize    int64  `json:"disk_size"`
+	Over        int64  `json:"over_committed_disk_size"`
+}
+
+func diskInfo(imgs []disks.Image) (string, error) {
+	out := make([]diskEntry, 0, len(imgs))
+	for _, im := range imgs {
+		out = append(out, diskEntry{Type: im.Format, Path: im.Path, VirtualSize: im.VirtualSize, BackingFile: im.Backing,
+			DiskSize: im.ActualSize, Over: max(im.VirtualSize-im.ActualSize, 0)})
 	}
 	b, err := json.Marshal(out)
 	return string(b), err
+}
+
+func parseDiskInfo(s string) ([]disks.Image, error) {
+	var es []diskEntry
+	if err := json.Unmarshal([]byte(s), &es); err != nil {
+		return nil, fmt.Errorf("%w: disk info: %w", errdefs.ErrInvalidArgument, err)
+	}
+	out := make([]disks.Image, 0, len(es))
+	for _, e := range es {
+		out = append(out, disks.Image{Path: e.Path, Format: e.Type, VirtualSize: e.VirtualSize, ActualSize: e.DiskSize, Backing: e.BackingFile})
+	}
+	return out, nil
 }
 
 // activeFor finds the running migration of an instance.
