@@ -19,6 +19,10 @@ type Image struct {
 	// image). Nova keeps backing files in <instances_path>/_base, so the
 	// destination looks for this name there.
 	Backing string
+	// BackingPath is the backing file's full path on the source. Only a
+	// base in the source's image cache (<instances_path>/_base) has a name
+	// that means the same image on another host.
+	BackingPath string
 	// ChainDepth counts the layers below the image: 0 flat, 1 an overlay on
 	// a flat base, 2 or more a longer chain.
 	ChainDepth int
@@ -35,15 +39,18 @@ const BaseDir = "_base"
 // destination can supply one base per disk and nothing below it. The offer is
 // final only once the destination has pre-created every overlay; if it
 // cannot, the source falls back to Flat and a full copy.
-func Offer(imgs []Image) (out []Image, incremental bool, why string) {
+func Offer(imgs []Image, instancesPath string) (out []Image, incremental bool, why string) {
 	out = make([]Image, len(imgs))
 	copy(out, imgs)
 	backed := 0
 	for _, im := range imgs {
 		switch {
-		case im.Backing == "":
+		case im.Backing == "" && im.ChainDepth == 0:
 		case im.ChainDepth > 1:
 			return Flat(imgs), false, fmt.Sprintf("%s has a backing chain %d layers deep", im.Path, im.ChainDepth)
+		case im.Backing == "" || filepath.Clean(im.BackingPath) != filepath.Join(filepath.Clean(instancesPath), BaseDir, im.Backing):
+			return Flat(imgs), false, fmt.Sprintf("%s is backed by %s, outside the image cache %s", im.Path, im.BackingPath,
+				filepath.Join(instancesPath, BaseDir))
 		default:
 			backed++
 		}
@@ -59,7 +66,7 @@ func Offer(imgs []Image) (out []Image, incremental bool, why string) {
 func Flat(imgs []Image) []Image {
 	out := make([]Image, len(imgs))
 	for i, im := range imgs {
-		im.Backing, im.ChainDepth = "", 0
+		im.Backing, im.BackingPath, im.ChainDepth = "", "", 0
 		out[i] = im
 	}
 	return out

@@ -12,8 +12,9 @@ import (
 
 func TestOffer(t *testing.T) {
 	flat := Image{Path: "/i/u/disk.config", Format: "raw", VirtualSize: 1 << 20}
-	overlay := Image{Path: "/i/u/disk", Format: "qcow2", VirtualSize: 1 << 30, Backing: "abc123", ChainDepth: 1}
-	deep := Image{Path: "/i/u/disk.eph0", Format: "qcow2", VirtualSize: 1 << 30, Backing: "mid", ChainDepth: 2}
+	overlay := Image{Path: "/i/u/disk", Format: "qcow2", VirtualSize: 1 << 30, Backing: "abc123", BackingPath: "/i/_base/abc123", ChainDepth: 1}
+	deep := Image{Path: "/i/u/disk.eph0", Format: "qcow2", VirtualSize: 1 << 30, Backing: "mid", BackingPath: "/i/_base/mid", ChainDepth: 2}
+	elsewhere := Image{Path: "/i/u/disk.eph0", Format: "qcow2", VirtualSize: 1 << 30, Backing: "img", BackingPath: "/srv/images/img", ChainDepth: 1}
 	tests := []struct {
 		name string
 		in   []Image
@@ -27,10 +28,13 @@ func TestOffer(t *testing.T) {
 			in: []Image{overlay, flat}, want: []Image{overlay, flat}, inc: true},
 		{name: "a deeper chain: every disk flat, full copy",
 			in: []Image{overlay, deep}, want: Flat([]Image{overlay, deep}), why: "/i/u/disk.eph0 has a backing chain 2 layers deep"},
+		{name: "a base outside the image cache: its name means nothing on another host, full copy",
+			in: []Image{overlay, elsewhere}, want: Flat([]Image{overlay, elsewhere}),
+			why: "/i/u/disk.eph0 is backed by /srv/images/img, outside the image cache /i/_base"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, inc, why := Offer(tt.in)
+			got, inc, why := Offer(tt.in, "/i")
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("images (-want +got):\n%s", diff)
 			}

@@ -142,7 +142,7 @@ func images(ctx context.Context, g virt.Guest, copySet []string) ([]disks.Image,
 		}
 		im := disks.Image{Path: d.Source, Format: f, VirtualSize: info.VirtualSize, ActualSize: info.ActualSize, ChainDepth: info.ChainDepth}
 		if info.Backing != "" {
-			im.Backing = filepath.Base(info.Backing)
+			im.Backing, im.BackingPath = filepath.Base(info.Backing), info.Backing
 		}
 		out = append(out, im)
 	}
@@ -258,7 +258,7 @@ func (c *Compute) request(ctx context.Context, rctx Context, inst, mig, md *Obje
 		if err != nil {
 			return migration.Request{}, err
 		}
-		offer, inc, why := disks.Offer(imgs)
+		offer, inc, why := disks.Offer(imgs, c.o.InstancesPath)
 		disk, err := diskInfo(offer)
 		if err != nil {
 			return migration.Request{}, err
