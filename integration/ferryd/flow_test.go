@@ -107,6 +107,19 @@ func events(pred func(ferrylab.Event) bool) []ferrylab.Event {
 	return out
 }
 
+// forInstance tells whether a conductor event concerns the instance: an
+// Instance's own action, or a class action naming it.
+func forInstance(e ferrylab.Event, uuid string) bool {
+	if e.Str("instance") == uuid {
+		return true
+	}
+	if kw, _ := e["kwargs"].(map[string]any); kw["instance_uuid"] == uuid {
+		return true
+	}
+	args, _ := e["args"].([]any)
+	return slices.Contains(args, any(uuid))
+}
+
 func TestHappyPath(t *testing.T) {
 	for _, id := range []int{101, 102} {
 		from, to := where(t, vm)
@@ -140,12 +153,14 @@ func TestHappyPath(t *testing.T) {
 		}
 		hostSaves := events(func(e ferrylab.Event) bool {
 			f, _ := e["fields"].(map[string]any)
-			return e.Str("object") == "Instance" && e.Str("method") == "save" && f["host"] == to.Hostname
+			return e.Str("object") == "Instance" && e.Str("method") == "save" && f["host"] == to.Hostname && forInstance(e, vm.UUID)
 		})
 		if len(hostSaves) != 1 || hostSaves[0]["kwargs"].(map[string]any)["expected_task_state"] != "migrating" {
 			t.Errorf("Instance.save with the new host: %v", hostSaves)
 		}
-		acts := events(func(e ferrylab.Event) bool { return e.Str("object") == "InstanceActionEvent" })
+		acts := events(func(e ferrylab.Event) bool {
+			return e.Str("object") == "InstanceActionEvent" && forInstance(e, vm.UUID)
+		})
 		if len(acts) < 2 || acts[len(acts)-2].Str("method") != "event_start" || acts[len(acts)-1].Str("method") != "event_finish_with_failure" {
 			t.Errorf("instance action events: %v", acts)
 		} else if kw, _ := acts[len(acts)-1]["kwargs"].(map[string]any); kw["exc_val"] != nil {

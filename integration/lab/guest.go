@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -34,10 +36,21 @@ type GuestSpec struct {
 	// out. The base is filled with BasePattern and put on the starting host
 	// only; PutBase copies it to another.
 	BaseMiB int
+	// ConfigDrive attaches a read-only cdrom (hdc) backed by a 1 MiB raw
+	// file in the instance directory, as Nova attaches a config drive.
+	ConfigDrive bool
 }
 
-// BasePattern is the byte a guest's base image is filled with.
-const BasePattern = 0x5a
+// BasePattern is the byte a guest's base image is filled with; TopPattern
+// the byte the overlay holds at TopMark, written before the guest boots.
+const (
+	BasePattern = 0x5a
+	TopPattern  = 0xa5
+)
+
+// TopMark is where (MiB offset and length) a guest's overlay holds data of
+// its own, past the end of its base: what an incremental copy must move.
+func (g *Guest) TopMark() (offMiB, nMiB int) { return g.Spec.BaseMiB + 8, 4 }
 
 // Guest is a booted lab guest with a local disk (vda, in the instances
 // directory), a block volume (vdb: a loop device, like a pre-presented SAN
@@ -99,6 +112,14 @@ var domainTmpl = template.Must(template.New("domain").Parse(`<domain type='qemu'
       <target dev='vdc' bus='virtio'/>
       <serial>{{.NBDSerial}}</serial>
     </disk>
+{{- if .Spec.ConfigDrive}}
+    <disk type='file' device='cdrom'>
+      <driver name='qemu' type='raw'/>
+      <source file='{{.ConfigDrive}}'/>
+      <target dev='hdc' bus='ide'/>
+      <readonly/>
+    </disk>
+{{- end}}
 {{- if .Spec.MissingLUN}}
     <disk type='block' device='disk'>
       <driver name='qemu' type='raw' cache='none'/>
@@ -123,7 +144,7 @@ func (l *Lab) DomainXML(g *Guest) (string, error) {
 		"Spec": g.Spec, "UUID": g.UUID, "Kernel": l.Image.Kernel, "Initrd": l.Image.Initrd,
 		"Emulator": emulatorPath(), "LocalDisk": g.LocalDisk, "LoopDev": g.LoopDev, "LoopSerial": g.LoopSerial,
 		"NBDExport": g.nbdExportName, "StorageAddr": storageAddr, "NBDPort": g.NBDPort, "NBDSerial": g.NBDSerial,
-		"CPU": cpuModel(g.Spec.CPUModel),
+		"CPU": cpuModel(g.Spec.CPUModel), "ConfigDrive": g.ConfigDrive(),
 	})
 	return b.String(), err
 }
@@ -156,6 +177,11 @@ func (l *Lab) StartGuest(ctx context.Context, h *Host, spec GuestSpec) (*Guest, 
 		}
 	} else if err := l.PrecreateDisk(ctx, h, g); err != nil {
 		return nil, err
+	}
+	if spec.ConfigDrive {
+		if err := makeConfigDrive(h.Path(g.ConfigDrive())); err != nil {
+			return nil, err
+		}
 	}
 	if err := l.makeVolumes(ctx, g); err != nil {
 		return nil, err
@@ -203,6 +229,31 @@ func (g *Guest) Base() string {
 	return filepath.Join(InstancesPath, "_base", g.Spec.Name+"-base")
 }
 
+// ConfigDrive is the path (inside every host) of the guest's config drive.
+func (g *Guest) ConfigDrive() string { return filepath.Join(InstancesPath, g.UUID, "disk.config") }
+
+// makeConfigDrive writes 1 MiB that no two offsets repeat within: a copy
+// that drops, repeats or reorders a chunk does not compare equal.
+func makeConfigDrive(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	b := make([]byte, 1<<20)
+	for i := 0; i < len(b); i += 8 {
+		binary.LittleEndian.PutUint64(b[i:], uint64(i)*0x9E3779B97F4A7C15)
+	}
+	return os.WriteFile(path, b, 0o644)
+}
+
+// ConfigDriveSum is the SHA-256 of the guest's config drive file on h.
+func (g *Guest) ConfigDriveSum(h *Host) (string, error) {
+	b, err := os.ReadFile(h.Path(g.ConfigDrive()))
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%x", sha256.Sum256(b)), nil
+}
+
 // makeOverlay writes the guest's base on h and vda as an overlay on it.
 func (l *Lab) makeOverlay(ctx context.Context, h *Host, g *Guest) error {
 	base := h.Path(g.Base())
@@ -219,8 +270,18 @@ func (l *Lab) makeOverlay(ctx context.Context, h *Host, g *Guest) error {
 	_ = os.Remove(p)
 	// -u: the backing path is the in-host one, which this (root) namespace
 	// does not resolve; the size is given, so qemu-img need not open it.
-	_, err := run(ctx, "qemu-img", "create", "-q", "-u", "-f", "qcow2", "-b", g.Base(), "-F", "raw", p, fmt.Sprintf("%dM", g.Spec.LocalDiskMiB))
-	return err
+	if _, err := run(ctx, "qemu-img", "create", "-q", "-u", "-f", "qcow2", "-b", g.Base(), "-F", "raw", p, fmt.Sprintf("%dM", g.Spec.LocalDiskMiB)); err != nil {
+		return err
+	}
+	off, n := g.TopMark()
+	if off+n > g.Spec.LocalDiskMiB {
+		return fmt.Errorf("guest %s: a %d MiB disk has no room for its top-layer mark at %d+%d MiB", g.Spec.Name, g.Spec.LocalDiskMiB, off, n)
+	}
+	out, err := h.Run(ctx, "qemu-io", "-f", "qcow2", "-c", fmt.Sprintf("write -P %d %dM %dM", TopPattern, off, n), g.LocalDisk)
+	if err != nil {
+		return fmt.Errorf("write the top-layer mark: %w: %s", err, out)
+	}
+	return nil
 }
 
 // PutBase copies the guest's base image to h (as an image cache that
@@ -239,14 +300,14 @@ func (l *Lab) PutBase(from, to *Host, g *Guest) error {
 // RemoveBase deletes the guest's base image from h.
 func (l *Lab) RemoveBase(h *Host, g *Guest) error { return os.Remove(h.Path(g.Base())) }
 
-// ReadsBase checks, inside h's mount namespace, that the guest's local disk
-// on h reads the base's pattern at [off, off+n) MiB: through the backing
+// ReadsPattern checks, inside h's mount namespace, that the guest's local
+// disk on h reads the byte pattern at [off, off+n) MiB: through the backing
 // chain for an overlay, from the image itself after a full copy.
-func (l *Lab) ReadsBase(ctx context.Context, h *Host, g *Guest, offMiB, nMiB int) error {
+func (l *Lab) ReadsPattern(ctx context.Context, h *Host, g *Guest, pattern byte, offMiB, nMiB int) error {
 	out, err := h.Run(ctx, "qemu-io", "-r", "-U", "-f", "qcow2", "-c",
-		fmt.Sprintf("read -P %d %dM %dM", BasePattern, offMiB, nMiB), g.LocalDisk)
+		fmt.Sprintf("read -P %d %dM %dM", pattern, offMiB, nMiB), g.LocalDisk)
 	if err != nil || !strings.Contains(out, "read ") || strings.Contains(out, "fail") {
-		return fmt.Errorf("%s on %s does not read the base pattern at %d+%d MiB: %v: %s", g.LocalDisk, h.Name, offMiB, nMiB, err, out)
+		return fmt.Errorf("%s on %s does not read pattern %#x at %d+%d MiB: %v: %s", g.LocalDisk, h.Name, pattern, offMiB, nMiB, err, out)
 	}
 	return nil
 }

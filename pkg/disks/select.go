@@ -10,7 +10,8 @@
 // own copy of the base; otherwise whole, onto flat images of the same format
 // and virtual size. The source offers the incremental form; the destination
 // accepts it or refuses, naming the missing bases, and the source then asks
-// for the flat form.
+// for the flat form. Read-only local disks, which libvirt never copies,
+// are carried over by the destination before the migration (carry.go).
 package disks
 
 import (

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"sync"
 	"time"
 
@@ -21,6 +22,7 @@ type Libvirt interface {
 	DomainState(ctx context.Context, name string) (virt.DomainState, error)
 	CompareCPU(ctx context.Context, cpuXML, virtType string) (virt.CPUFit, error)
 	Control(ctx context.Context, dom string, c virt.Control) error
+	ReadDisk(ctx context.Context, dom, target string, w io.Writer, max int64) (int64, error)
 	Close() error
 }
 

@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
+
+	"github.com/sirupsen/logrus"
 
 	"opendev.org/x/ferry/pkg/disks"
 	"opendev.org/x/ferry/pkg/errdefs"
@@ -131,6 +134,9 @@ func (c *Compute) preLiveMigration(ctx context.Context, r *oslo.Request) (any, e
 		if err := os.MkdirAll(dir, 0o755); err != nil {
 			return nil, fmt.Errorf("instance directory: %w", err)
 		}
+		if err := c.carryOver(ctx, uuid, inst.Str("host"), dir); err != nil {
+			return nil, err
+		}
 	}
 	var diskJSON string
 	if ok, _ := r.Arg("disk", &diskJSON); ok && md.Bool("block_migration") && !md.Bool("is_shared_block_storage") {
@@ -178,6 +184,51 @@ func (c *Compute) precreate(ctx context.Context, diskJSON string) error {
 		if err := qemuimg.Create(ctx, qemuimg.Spec(cr)); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// carryOver copies the guest's read-only local disks (a config drive),
+// which a block migration does not copy, from the source host through its
+// libvirt, each to a temporary file renamed into place once complete.
+func (c *Compute) carryOver(ctx context.Context, uuid, src, dir string) error {
+	peer, err := c.dial(ctx, c.peerURI(src))
+	if err != nil {
+		return PreCheck("cannot reach the source's libvirt on %s: %v", src, err)
+	}
+	defer peer.Close()
+	xml, err := peer.DomainXML(ctx, uuid, false)
+	if err != nil {
+		return PreCheck("instance %s not found on the source %s: %v", uuid, src, err)
+	}
+	all, err := virt.ParseDisks(xml)
+	if err != nil {
+		return err
+	}
+	carry, refuse := disks.CarryOver(all, dir)
+	if len(refuse) > 0 {
+		return PreCheck("read-only local disks cannot be carried over: %s", strings.Join(refuse, "; "))
+	}
+	for _, d := range carry {
+		tmp, err := os.CreateTemp(dir, ".carry-"+d.Target+"-")
+		if err != nil {
+			return fmt.Errorf("carry over %s: %w", d.Source, err)
+		}
+		n, err := peer.ReadDisk(ctx, uuid, d.Target, tmp, disks.MaxCarry)
+		if err == nil {
+			err = tmp.Sync()
+		}
+		if cerr := tmp.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil {
+			err = os.Rename(tmp.Name(), d.Source)
+		}
+		if err != nil {
+			os.Remove(tmp.Name())
+			return fmt.Errorf("carry over %s (%s) from %s: %w", d.Target, d.Source, src, err)
+		}
+		c.o.Log.WithFields(logrus.Fields{"instance_uuid": uuid, "disk": d.Target, "path": d.Source, "bytes": n}).Info("read-only disk carried over from the source")
 	}
 	return nil
 }

@@ -57,15 +57,16 @@ func (c *Compute) checkSource(ctx context.Context, r *oslo.Request) (any, error)
 	}
 	sel := disks.Select(g.Disks, volumes, func(p string) bool { return sharedPath && strings.HasPrefix(p, c.o.InstancesPath+"/") })
 	if !sharedPath {
-		var ro []string
-		for _, d := range g.Disks {
-			if (d.ReadOnly || d.Device == "cdrom") && d.Serial == "" && d.Type == "file" && d.Source != "" {
-				ro = append(ro, fmt.Sprintf("%s (%s)", d.Target, d.Source))
+		// The destination carries read-only local disks (a config drive) over
+		// before the migration; refuse the ones it cannot.
+		carry, refuse := disks.CarryOver(g.Disks, filepath.Join(c.o.InstancesPath, uuid))
+		for _, d := range carry {
+			if st, err := os.Stat(d.Source); err != nil || st.Size() > disks.MaxCarry {
+				refuse = append(refuse, fmt.Sprintf("%s (%s) is missing or larger than %d MiB", d.Target, d.Source, disks.MaxCarry>>20))
 			}
 		}
-		if len(ro) > 0 {
-			return nil, PreCheck("read-only local disks %s (e.g. a config drive) are not copied by a block migration and ferry does not carry them over yet",
-				strings.Join(ro, ", "))
+		if len(refuse) > 0 {
+			return nil, PreCheck("read-only local disks cannot be carried over: %s", strings.Join(refuse, "; "))
 		}
 	}
 	sharedBlock := len(sel.Copy) == 0
