@@ -24,32 +24,49 @@ function _nova_opt {
 function configure_ferry {
     sudo install -d -m 0755 $FERRY_CONF_DIR
     sudo install -d -m 0700 $FERRY_STATE_DIR
-    local host transport instances
+    local host transport instances inbound
     host=$(_nova_opt DEFAULT host)
     host=${host:-$(hostname)}
     transport=$(_nova_opt DEFAULT transport_url)
     instances=$(_nova_opt DEFAULT instances_path)
     instances=${instances:-$NOVA_STATE_PATH/instances}
-    local knobs=""
-    local k v
+    inbound=$(_nova_opt libvirt live_migration_inbound_addr)
+    inbound=${inbound:-$FERRY_MIGRATION_ADDR}
+    local knobs="" oslo="" k v
     for k in live_migration_downtime live_migration_completion_timeout live_migration_timeout_action \
              live_migration_permit_post_copy live_migration_permit_auto_converge live_migration_bandwidth \
-             live_migration_with_native_tls; do
+             live_migration_scheme live_migration_with_native_tls; do
         v=$(_nova_opt libvirt $k)
         [[ -n "$v" ]] && knobs+="  $k: ${v,,}"$'\n'
     done
     v=$(_nova_opt DEFAULT max_concurrent_live_migrations)
     [[ -n "$v" ]] && knobs+="  max_concurrent_live_migrations: $v"$'\n'
+    # The queue settings must match the deployment's, or ferryd refuses to
+    # start (a durability mismatch would break the other consumers).
+    for k in amqp_durable_queues amqp_auto_delete rabbit_quorum_queue rabbit_ha_queues rabbit_qos_prefetch_count; do
+        v=$(_nova_opt oslo_messaging_rabbit $k)
+        [[ -n "$v" ]] && oslo+="  $k: ${v,,}"$'\n'
+    done
+    v=$(_nova_opt oslo_messaging_rabbit heartbeat_timeout_threshold)
+    [[ -n "$v" ]] && oslo+="  heartbeat_timeout_threshold: ${v}s"$'\n'
+    for k in rpc_response_timeout long_rpc_timeout; do
+        v=$(_nova_opt DEFAULT $k)
+        [[ -n "$v" ]] && oslo+="  $k: ${v}s"$'\n'
+    done
+    # An empty block is written as {}; the brace is escaped because an
+    # unescaped one ends the ${...:-} expansion early and leaves a stray "}".
     sudo tee $FERRY_CONF_DIR/ferryd.yaml >/dev/null <<YAML
 version: 1
 host: $host
 transport_url: "$transport"
 libvirt_uri: qemu:///system
-live_migration_inbound_addr: $FERRY_MIGRATION_ADDR
+live_migration_inbound_addr: $inbound
 instances_path: $instances
 state_dir: $FERRY_STATE_DIR
+oslo_messaging_rabbit:
+${oslo:-  {\}}
 migration:
-${knobs:-  {}}
+${knobs:-  {\}}
 YAML
     sudo chmod 0600 $FERRY_CONF_DIR/ferryd.yaml
 }
