@@ -42,9 +42,10 @@ type Config struct {
 	ControlExchange string          `yaml:"control_exchange"` // default "nova"
 	LibvirtURI      string          `yaml:"libvirt_uri"`      // this host's libvirtd; default qemu:///system
 	InboundAddr     string          `yaml:"live_migration_inbound_addr"`
-	InstancesPath   string          `yaml:"instances_path"` // default /var/lib/nova/instances
-	StateDir        string          `yaml:"state_dir"`      // journals; default /var/lib/ferry
-	Peers           map[string]Peer `yaml:"peers"`          // other hosts by Nova host name
+	InstancesPath   string          `yaml:"instances_path"`                // default /var/lib/nova/instances
+	ImageCacheDir   string          `yaml:"image_cache_subdirectory_name"` // Nova's [image_cache] subdirectory_name; default _base
+	StateDir        string          `yaml:"state_dir"`                     // journals; default /var/lib/ferry
+	Peers           map[string]Peer `yaml:"peers"`                         // other hosts by Nova host name
 	Oslo            Oslo            `yaml:"oslo_messaging_rabbit"`
 	Migration       Migration       `yaml:"migration"`
 	Log             Log             `yaml:"log"`
@@ -114,6 +115,7 @@ func Default() Config {
 		ControlExchange: "nova",
 		LibvirtURI:      "qemu:///system",
 		InstancesPath:   "/var/lib/nova/instances",
+		ImageCacheDir:   "_base",
 		StateDir:        "/var/lib/ferry",
 		Oslo: Oslo{Heartbeat: Duration(60 * time.Second), ResponseTimout: Duration(60 * time.Second),
 			LongTimeout: Duration(1800 * time.Second)},
@@ -173,6 +175,9 @@ func (c Config) Validate() error {
 		if !strings.HasPrefix(p.v, "/") {
 			bad("%s: %q must be an absolute path", p.name, p.v)
 		}
+	}
+	if c.ImageCacheDir == "" || strings.Contains(c.ImageCacheDir, "/") || c.ImageCacheDir == "." || c.ImageCacheDir == ".." {
+		bad("image_cache_subdirectory_name: %q must name one directory below instances_path", c.ImageCacheDir)
 	}
 	for h, p := range c.Peers {
 		if h == c.Host {

@@ -26,7 +26,7 @@ func TestEveryProblemAtOnce(t *testing.T) {
 	}
 	for _, want := range []string{"version: 2", "host: required", "transport_url: not a rabbit", "instances_path",
 		"max_concurrent_live_migrations: 0", "live_migration_downtime: 50", "live_migration_timeout_action", "stall_limit",
-		"log.level", "max_procs: -1"} {
+		"log.level", "max_procs: -1", "image_cache_subdirectory_name"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error lacks %q:\n%v", want, err)
 		}

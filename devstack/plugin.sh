@@ -24,12 +24,14 @@ function _nova_opt {
 function configure_ferry {
     sudo install -d -m 0755 $FERRY_CONF_DIR
     sudo install -d -m 0700 $FERRY_STATE_DIR
-    local host transport instances inbound
+    local host transport instances cache inbound
     host=$(_nova_opt DEFAULT host)
     host=${host:-$(hostname)}
     transport=$(_nova_opt DEFAULT transport_url)
     instances=$(_nova_opt DEFAULT instances_path)
     instances=${instances:-$NOVA_STATE_PATH/instances}
+    cache=$(_nova_opt image_cache subdirectory_name)
+    cache=${cache:-_base}
     inbound=$(_nova_opt libvirt live_migration_inbound_addr)
     inbound=${inbound:-$FERRY_MIGRATION_ADDR}
     local knobs="" oslo="" k v
@@ -62,6 +64,7 @@ transport_url: "$transport"
 libvirt_uri: qemu:///system
 live_migration_inbound_addr: $inbound
 instances_path: $instances
+image_cache_subdirectory_name: $cache
 state_dir: $FERRY_STATE_DIR
 oslo_messaging_rabbit:
 ${oslo:-  {\}}

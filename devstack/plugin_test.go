@@ -69,6 +69,9 @@ instances_path = /opt/stack/data/nova/instances
 rpc_response_timeout = 90
 max_concurrent_live_migrations = 2
 
+[image_cache]
+subdirectory_name = _cache
+
 [libvirt]
 live_migration_downtime = 800
 live_migration_completion_timeout = 400
@@ -91,6 +94,7 @@ heartbeat_timeout_threshold = 30
 		{"host", c.Host, "compute-1"},
 		{"transport_url", c.TransportURL, "rabbit://stackrabbit:secret@198.18.0.1:5672/"},
 		{"instances_path", c.InstancesPath, "/opt/stack/data/nova/instances"},
+		{"image cache", c.ImageCacheDir, "_cache"},
 		{"live_migration_inbound_addr (nova.conf's, over HOST_IP)", c.InboundAddr, "198.19.0.10"},
 		{"downtime", m.Downtime, 800},
 		{"completion timeout", m.CompletionTimeout, 400},
@@ -118,7 +122,7 @@ heartbeat_timeout_threshold = 30
 // ferryd starts with: Nova's defaults, the devstack host address.
 func TestConfigureMinimal(t *testing.T) {
 	c, _ := configure(t, "[DEFAULT]\ntransport_url = rabbit://stackrabbit:secret@198.18.0.1:5672/\n")
-	if c.InboundAddr != "198.18.0.10" || c.InstancesPath != "/opt/stack/data/nova/instances" || c.Migration.Downtime != 500 {
+	if c.InboundAddr != "198.18.0.10" || c.InstancesPath != "/opt/stack/data/nova/instances" || c.Migration.Downtime != 500 || c.ImageCacheDir != "_base" {
 		t.Errorf("minimal: inbound %q, instances %q, downtime %d", c.InboundAddr, c.InstancesPath, c.Migration.Downtime)
 	}
 	if host, _ := os.Hostname(); c.Host != host {

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -90,7 +91,7 @@ func run(ctx context.Context, cfg config.Config, log *logrus.Entry) error {
 	}
 	m := cfg.Migration
 	compute := nova.NewCompute(nova.Options{
-		Host: cfg.Host, InstancesPath: cfg.InstancesPath, InboundAddr: cfg.InboundAddr, Peers: peers,
+		Host: cfg.Host, InstancesPath: cfg.InstancesPath, ImageCache: filepath.Join(cfg.InstancesPath, cfg.ImageCacheDir), InboundAddr: cfg.InboundAddr, Peers: peers,
 		Scheme: m.Scheme, NativeTLS: m.NativeTLS, Bandwidth: uint64(m.Bandwidth), Parallel: m.ParallelConns,
 		Policy: migration.Policy{DowntimeBudget: time.Duration(m.Downtime) * time.Millisecond,
 			InitialDowntime: m.InitialDowntime.D(), StallLimit: m.StallLimit.D(), TimeoutAction: m.TimeoutAction,

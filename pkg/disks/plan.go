@@ -16,20 +16,21 @@ type Image struct {
 	VirtualSize int64
 	ActualSize  int64
 	// Backing is the base name of the image's backing file ("" for a flat
-	// image). Nova keeps backing files in <instances_path>/_base, so the
-	// destination looks for this name there.
+	// image). Nova keeps backing files in its image cache, so the
+	// destination looks for this name in its own.
 	Backing string
 	// BackingPath is the backing file's full path on the source. Only a
-	// base in the source's image cache (<instances_path>/_base) has a name
-	// that means the same image on another host.
+	// base in the source's image cache (<instances_path>/_base by default)
+	// has a name that means the same image on another host.
 	BackingPath string
 	// ChainDepth counts the layers below the image: 0 flat, 1 an overlay on
 	// a flat base, 2 or more a longer chain.
 	ChainDepth int
 }
 
-// BaseDir is where backing files live below the instances path.
-const BaseDir = "_base"
+// CacheSubdir is Nova's default image cache directory below the instances
+// path ([image_cache] subdirectory_name), where backing files live.
+const CacheSubdir = "_base"
 
 // Offer is what the source proposes before pre_live_migration: the images
 // to describe (each with or without its backing file) and whether the copy
@@ -39,7 +40,7 @@ const BaseDir = "_base"
 // destination can supply one base per disk and nothing below it. The offer is
 // final only once the destination has pre-created every overlay; if it
 // cannot, the source falls back to Flat and a full copy.
-func Offer(imgs []Image, instancesPath string) (out []Image, incremental bool, why string) {
+func Offer(imgs []Image, cacheDir string) (out []Image, incremental bool, why string) {
 	out = make([]Image, len(imgs))
 	copy(out, imgs)
 	backed := 0
@@ -48,9 +49,8 @@ func Offer(imgs []Image, instancesPath string) (out []Image, incremental bool, w
 		case im.Backing == "" && im.ChainDepth == 0:
 		case im.ChainDepth > 1:
 			return Flat(imgs), false, fmt.Sprintf("%s has a backing chain %d layers deep", im.Path, im.ChainDepth)
-		case im.Backing == "" || filepath.Clean(im.BackingPath) != filepath.Join(filepath.Clean(instancesPath), BaseDir, im.Backing):
-			return Flat(imgs), false, fmt.Sprintf("%s is backed by %s, outside the image cache %s", im.Path, im.BackingPath,
-				filepath.Join(instancesPath, BaseDir))
+		case im.Backing == "" || filepath.Clean(im.BackingPath) != filepath.Join(filepath.Clean(cacheDir), im.Backing):
+			return Flat(imgs), false, fmt.Sprintf("%s is backed by %s, outside the image cache %s", im.Path, im.BackingPath, cacheDir)
 		default:
 			backed++
 		}
@@ -91,14 +91,14 @@ type Bases func(name string) (format string, ok bool)
 // every problem, paths outside the instances path, formats other than qcow2
 // and raw, and backing files this host does not have, so that the source
 // can fall back to a full copy.
-func Precreate(imgs []Image, instancesPath string, bases Bases) ([]Create, error) {
-	root := filepath.Clean(instancesPath) + "/"
+func Precreate(imgs []Image, instancesPath, cacheDir string, bases Bases) ([]Create, error) {
+	root, cache := filepath.Clean(instancesPath)+"/", filepath.Clean(cacheDir)
 	var out []Create
 	var bad, missing []string
 	for _, im := range imgs {
 		p := filepath.Clean(im.Path)
 		switch {
-		case !strings.HasPrefix(p, root) || strings.HasPrefix(p, root+BaseDir+"/"):
+		case !strings.HasPrefix(p, root) || strings.HasPrefix(p, cache+"/"):
 			bad = append(bad, fmt.Sprintf("disk %s is outside the instances path %s", im.Path, instancesPath))
 			continue
 		case im.Format != "qcow2" && im.Format != "raw":
@@ -123,22 +123,22 @@ func Precreate(imgs []Image, instancesPath string, bases Bases) ([]Create, error
 				missing = append(missing, im.Backing)
 				continue
 			}
-			c.Backing, c.BackingFormat = filepath.Join(filepath.Clean(instancesPath), BaseDir, im.Backing), f
+			c.Backing, c.BackingFormat = filepath.Join(cache, im.Backing), f
 		}
 		out = append(out, c)
 	}
 	switch {
 	case len(bad) > 0:
-		return nil, fmt.Errorf("%w: %s", errdefs.ErrInvalidArgument, strings.Join(append(bad, missingText(missing)...), "; "))
+		return nil, fmt.Errorf("%w: %s", errdefs.ErrInvalidArgument, strings.Join(append(bad, missingText(cache, missing)...), "; "))
 	case len(missing) > 0:
-		return nil, fmt.Errorf("%w: %s", errdefs.ErrFailedPrecondition, missingText(missing)[0])
+		return nil, fmt.Errorf("%w: %s", errdefs.ErrFailedPrecondition, missingText(cache, missing)[0])
 	}
 	return out, nil
 }
 
-func missingText(names []string) []string {
+func missingText(cache string, names []string) []string {
 	if len(names) == 0 {
 		return nil
 	}
-	return []string{fmt.Sprintf("backing files not in %s on this host: %s (copy the disks whole)", BaseDir, strings.Join(names, ", "))}
+	return []string{fmt.Sprintf("backing files not in the image cache %s on this host: %s (copy the disks whole)", cache, strings.Join(names, ", "))}
 }

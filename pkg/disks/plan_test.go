@@ -34,7 +34,7 @@ func TestOffer(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, inc, why := Offer(tt.in, "/i")
+			got, inc, why := Offer(tt.in, "/i/_base")
 			if diff := cmp.Diff(tt.want, got); diff != "" {
 				t.Errorf("images (-want +got):\n%s", diff)
 			}
@@ -76,7 +76,7 @@ func TestPrecreate(t *testing.T) {
 			name:    "a missing base: refused as a precondition, naming it",
 			in:      []Image{{Path: "/i/u/disk", Format: "qcow2", VirtualSize: 1 << 30, Backing: "gone"}, {Path: "/i/u/disk.eph0", Format: "qcow2", VirtualSize: 1 << 30, Backing: "gone2"}},
 			wantErr: errdefs.ErrFailedPrecondition,
-			errHas:  []string{"backing files not in _base on this host: gone, gone2"},
+			errHas:  []string{"backing files not in the image cache /i/_base on this host: gone, gone2"},
 		},
 		{
 			name: "bad input: every problem named, invalid argument",
@@ -93,12 +93,12 @@ func TestPrecreate(t *testing.T) {
 			wantErr: errdefs.ErrInvalidArgument,
 			errHas: []string{"/etc/passwd is outside", "/i/u/../../etc/shadow is outside", "/i/_base/abc123 is outside",
 				`format "vmdk"`, `"../../etc/x", not a base name`, "disk3 is raw with a backing file", "disk4 has no virtual size",
-				"not in _base on this host: gone"},
+				"not in the image cache /i/_base on this host: gone"},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := Precreate(tt.in, "/i", bases)
+			got, err := Precreate(tt.in, "/i", "/i/_base", bases)
 			if tt.wantErr != nil {
 				if !errors.Is(err, tt.wantErr) {
 					t.Fatalf("err = %v, want %v", err, tt.wantErr)

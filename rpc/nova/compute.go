@@ -45,6 +45,7 @@ type Peer struct {
 type Options struct {
 	Host             string
 	InstancesPath    string
+	ImageCache       string // Nova's image cache, where backing files live; default InstancesPath/_base
 	InboundAddr      string // live_migration_inbound_addr: target_connect_addr in pre_live_migration
 	Peers            map[string]Peer
 	Scheme           string // libvirt transport to peers: tcp, tls

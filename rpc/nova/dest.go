@@ -169,10 +169,10 @@ func (c *Compute) precreate(ctx context.Context, diskJSON string) error {
 		return err
 	}
 	bases := func(name string) (string, bool) {
-		info, err := qemuimg.Read(ctx, filepath.Join(c.o.InstancesPath, disks.BaseDir, name), "")
+		info, err := qemuimg.Read(ctx, filepath.Join(c.imageCache(), name), "")
 		return info.Format, err == nil && info.ChainDepth == 0
 	}
-	plan, err := disks.Precreate(imgs, c.o.InstancesPath, bases)
+	plan, err := disks.Precreate(imgs, c.o.InstancesPath, c.imageCache(), bases)
 	if err != nil {
 		return PreCheck("%v", err)
 	}

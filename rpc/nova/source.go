@@ -150,6 +150,14 @@ func images(ctx context.Context, g virt.Guest, copySet []string) ([]disks.Image,
 	return out, nil
 }
 
+// imageCache is where this host keeps backing files.
+func (c *Compute) imageCache() string {
+	if c.o.ImageCache != "" {
+		return c.o.ImageCache
+	}
+	return filepath.Join(c.o.InstancesPath, disks.CacheSubdir)
+}
+
 // errNoGuest: this host's libvirt has no such domain (or cannot show it).
 var errNoGuest = errors.New("guest not found on this host")
 
@@ -259,7 +267,7 @@ func (c *Compute) request(ctx context.Context, rctx Context, inst, mig, md *Obje
 		if err != nil {
 			return migration.Request{}, err
 		}
-		offer, inc, why := disks.Offer(imgs, c.o.InstancesPath)
+		offer, inc, why := disks.Offer(imgs, c.imageCache())
 		disk, err := diskInfo(offer)
 		if err != nil {
 			return migration.Request{}, err
