@@ -48,6 +48,7 @@ type Config struct {
 	Peers           map[string]Peer `yaml:"peers"`                         // other hosts by Nova host name
 	Oslo            Oslo            `yaml:"oslo_messaging_rabbit"`
 	Migration       Migration       `yaml:"migration"`
+	Placement       Placement       `yaml:"placement"` // nova.conf's [placement]: where allocations are settled
 	Log             Log             `yaml:"log"`
 	// MaxProcs bounds the OS threads running Go code (GOMAXPROCS); 0 = one
 	// per CPU. ferryd is I/O-bound and shares the host with its guests: one
@@ -107,6 +108,24 @@ func (c Config) ApplyMaxProcs() {
 	if os.Getenv("GOMAXPROCS") == "" && c.MaxProcs > 0 {
 		runtime.GOMAXPROCS(c.MaxProcs)
 	}
+}
+
+// Placement is how ferryd reaches Placement, with nova.conf's [placement]
+// option names. auth_type is required: password (Keystone), noauth (a
+// Placement with auth_strategy = noauth2, at endpoint_override), or none —
+// ferryd then leaves the allocations a migration holds to an operator, and
+// says so at start.
+type Placement struct {
+	AuthType          string `yaml:"auth_type"`
+	AuthURL           string `yaml:"auth_url"`
+	Username          string `yaml:"username"`
+	Password          string `yaml:"password"`
+	ProjectName       string `yaml:"project_name"`
+	UserDomainName    string `yaml:"user_domain_name"`
+	ProjectDomainName string `yaml:"project_domain_name"`
+	RegionName        string `yaml:"region_name"`
+	ValidInterfaces   string `yaml:"valid_interfaces"` // internal (default), public, admin
+	EndpointOverride  string `yaml:"endpoint_override"`
 }
 
 // Default returns the defaults.
@@ -217,6 +236,34 @@ func (c Config) Validate() error {
 	}
 	if m.StallLimit.D() < 5*time.Second {
 		bad("migration.stall_limit: %v, want ≥ 5s", m.StallLimit.D())
+	}
+	pl := c.Placement
+	need := func(field, v string) {
+		if v == "" {
+			bad("placement.%s: required with auth_type %s", field, pl.AuthType)
+		}
+	}
+	switch pl.AuthType {
+	case "password":
+		need("auth_url", pl.AuthURL)
+		need("username", pl.Username)
+		need("password", pl.Password)
+		need("project_name", pl.ProjectName)
+	case "noauth":
+		need("endpoint_override", pl.EndpointOverride)
+	case "none":
+	case "":
+		bad("placement.auth_type: required: password (nova.conf's [placement] credentials), noauth, or none (allocations left to an operator)")
+	default:
+		bad("placement.auth_type: %q, want password, noauth or none", pl.AuthType)
+	}
+	if u := pl.EndpointOverride; u != "" && !strings.HasPrefix(u, "http://") && !strings.HasPrefix(u, "https://") {
+		bad("placement.endpoint_override: %q is not an http(s) URL", u)
+	}
+	switch pl.ValidInterfaces {
+	case "", "internal", "public", "admin":
+	default:
+		bad("placement.valid_interfaces: %q, want internal, public or admin", pl.ValidInterfaces)
 	}
 	switch c.Log.Level {
 	case "debug", "info", "warn", "error":

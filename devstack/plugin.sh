@@ -55,6 +55,18 @@ function configure_ferry {
         v=$(_nova_opt DEFAULT $k)
         [[ -n "$v" ]] && oslo+="  $k: ${v}s"$'\n'
     done
+    # Placement: where ferryd settles a migration's allocations, with the
+    # credentials nova-compute uses (nova.conf's [placement]).
+    local placement=""
+    v=$(_nova_opt placement auth_type)
+    placement+="  auth_type: ${v:-none}"$'\n'
+    for k in auth_url username password project_name user_domain_name project_domain_name region_name \
+             valid_interfaces endpoint_override; do
+        v=$(_nova_opt placement $k)
+        [[ "$k" == valid_interfaces ]] && v=${v%%,*} # ferry takes the first of Nova's list
+        [[ -n "$v" ]] && placement+="  $k: \"$v\""$'\n'
+    done
+    placement=${placement%$'\n'}
     # An empty block is written as {}; the brace is escaped because an
     # unescaped one ends the ${...:-} expansion early and leaves a stray "}".
     sudo tee $FERRY_CONF_DIR/ferryd.yaml >/dev/null <<YAML
@@ -70,6 +82,8 @@ oslo_messaging_rabbit:
 ${oslo:-  {\}}
 migration:
 ${knobs:-  {\}}
+placement:
+${placement}
 YAML
     sudo chmod 0600 $FERRY_CONF_DIR/ferryd.yaml
 }

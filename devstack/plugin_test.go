@@ -81,6 +81,16 @@ live_migration_permit_auto_converge = False
 live_migration_bandwidth = 100
 live_migration_inbound_addr = 198.19.0.10
 
+[placement]
+auth_type = password
+auth_url = http://198.18.0.1/identity
+username = placement
+password = secret
+project_name = service
+user_domain_name = Default
+project_domain_name = Default
+region_name = RegionOne
+
 [oslo_messaging_rabbit]
 amqp_durable_queues = True
 rabbit_quorum_queue = True
@@ -107,6 +117,10 @@ heartbeat_timeout_threshold = 30
 		{"quorum queues", c.Oslo.QuorumQueue, true},
 		{"heartbeat", c.Oslo.Heartbeat.D(), 30 * time.Second},
 		{"rpc_response_timeout", c.Oslo.ResponseTimout.D(), 90 * time.Second},
+		{"placement auth", c.Placement.AuthType, "password"},
+		{"placement url", c.Placement.AuthURL, "http://198.18.0.1/identity"},
+		{"placement user", c.Placement.Username + "/" + c.Placement.Password + "@" + c.Placement.ProjectName, "placement/secret@service"},
+		{"placement region", c.Placement.RegionName, "RegionOne"},
 	}
 	for _, ck := range checks {
 		if ck.got != ck.want {
@@ -122,7 +136,8 @@ heartbeat_timeout_threshold = 30
 // ferryd starts with: Nova's defaults, the devstack host address.
 func TestConfigureMinimal(t *testing.T) {
 	c, _ := configure(t, "[DEFAULT]\ntransport_url = rabbit://stackrabbit:secret@198.18.0.1:5672/\n")
-	if c.InboundAddr != "198.18.0.10" || c.InstancesPath != "/opt/stack/data/nova/instances" || c.Migration.Downtime != 500 || c.ImageCacheDir != "_base" {
+	if c.InboundAddr != "198.18.0.10" || c.InstancesPath != "/opt/stack/data/nova/instances" || c.Migration.Downtime != 500 || c.ImageCacheDir != "_base" ||
+		c.Placement.AuthType != "none" {
 		t.Errorf("minimal: inbound %q, instances %q, downtime %d", c.InboundAddr, c.InstancesPath, c.Migration.Downtime)
 	}
 	if host, _ := os.Hostname(); c.Host != host {

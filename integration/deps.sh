@@ -9,7 +9,7 @@ set -euo pipefail
 pkgs=(
 	libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
 	busybox-static iproute2 kmod rabbitmq-server
-	python3-oslo.messaging python3-nova
+	python3-oslo.messaging python3-nova python3-placement
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -23,6 +23,7 @@ import (
 
 	"opendev.org/x/ferry/config"
 	"opendev.org/x/ferry/pkg/migration"
+	"opendev.org/x/ferry/pkg/openstack"
 	"opendev.org/x/ferry/pkg/virt"
 	"opendev.org/x/ferry/rpc/nova"
 	"opendev.org/x/ferry/rpc/oslo"
@@ -90,6 +91,15 @@ func run(ctx context.Context, cfg config.Config, log *logrus.Entry) error {
 		peers[h] = nova.Peer{Management: p.Management, TLSName: p.TLSName, LibvirtURI: p.LibvirtURI}
 	}
 	m := cfg.Migration
+	var allocations nova.Allocations
+	if p := cfg.Placement; p.AuthType != "none" {
+		allocations = openstack.NewPlacement(openstack.Auth{AuthType: p.AuthType, AuthURL: p.AuthURL, Username: p.Username,
+			Password: p.Password, ProjectName: p.ProjectName, UserDomainName: p.UserDomainName,
+			ProjectDomainName: p.ProjectDomainName, RegionName: p.RegionName, Interface: p.ValidInterfaces,
+			EndpointOverride: p.EndpointOverride}, cfg.Oslo.ResponseTimout.D())
+	} else {
+		log.Warn("placement.auth_type is none: the allocations a live migration holds are not settled; each migration leaves Nova's usage of its source host wrong until an operator fixes it")
+	}
 	compute := nova.NewCompute(nova.Options{
 		Host: cfg.Host, InstancesPath: cfg.InstancesPath, ImageCache: filepath.Join(cfg.InstancesPath, cfg.ImageCacheDir), InboundAddr: cfg.InboundAddr, Peers: peers,
 		Scheme: m.Scheme, NativeTLS: m.NativeTLS, Bandwidth: uint64(m.Bandwidth), Parallel: m.ParallelConns,
@@ -99,7 +109,7 @@ func run(ctx context.Context, cfg config.Config, log *logrus.Entry) error {
 			Pause: m.PermitPause},
 		CompletionPerGiB: time.Duration(m.CompletionTimeout) * time.Second, MaxInbound: m.MaxInbound,
 		InboundHold: m.InboundHold.D(), CallTimeout: cfg.Oslo.ResponseTimout.D(), LongTimeout: cfg.Oslo.LongTimeout.D(),
-		Log: log.WithField("component", "compute"),
+		Log: log.WithField("component", "compute"), Placement: allocations,
 	},
 		func(ctx context.Context) (nova.Libvirt, error) { return dialer(ctx, cfg.LibvirtURI) },
 		func(ctx context.Context, uri string) (nova.Libvirt, error) { return dialer(ctx, uri) },

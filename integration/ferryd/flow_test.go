@@ -107,6 +107,34 @@ func events(pred func(ferrylab.Event) bool) []ferrylab.Event {
 	return out
 }
 
+// claim does the conductor's Placement part before a live_migration cast.
+func claim(t *testing.T, g *lab.Guest, from, to *lab.Host, id int) {
+	t.Helper()
+	if err := env.Placement.Claim(g.UUID, migUUID(id), from.Hostname, to.Hostname); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// settled checks what ferry left in Placement: the migration holds nothing
+// and the instance holds its flavor on the host it runs on, and only there.
+func settled(t *testing.T, g *lab.Guest, id int, on *lab.Host) {
+	t.Helper()
+	mig, err := env.Placement.Allocations(migUUID(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst, err := env.Placement.Allocations(g.UUID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mig) != 0 {
+		t.Errorf("placement: migration %d still holds %v", id, mig)
+	}
+	if diff := cmp.Diff(map[string]map[string]int{on.Hostname: ferrylab.Flavor}, inst); diff != "" {
+		t.Errorf("placement: instance allocations (-want +got):\n%s", diff)
+	}
+}
+
 // forInstance tells whether a conductor event concerns the instance: an
 // Instance's own action, or a class action naming it.
 func forInstance(e ferrylab.Event, uuid string) bool {
@@ -125,6 +153,7 @@ func TestHappyPath(t *testing.T) {
 		from, to := where(t, vm)
 		dirty(t, vm, 64, 100)
 		dstOff := vm.LogOffset(to)
+		claim(t, vm, from, to, id)
 		send(t, migrate(vm, from, to, id))
 		if e := precheck(t); e.Str("event") != "precheck_ok" {
 			t.Fatalf("pre-check refused: %v", e)
@@ -132,6 +161,7 @@ func TestHappyPath(t *testing.T) {
 		if s := status(t, id, 5*time.Minute, "completed", "failed", "cancelled", "error"); s != "completed" {
 			t.Fatalf("migration %d ended %s", id, s)
 		}
+		settled(t, vm, id, to)
 		if _, err := env.Conductor.Next(context.Background(), time.Minute, func(e ferrylab.Event) bool {
 			return e.Str("object") == "InstanceActionEvent" && e.Str("method") == "event_finish_with_failure"
 		}); err != nil {
@@ -188,6 +218,7 @@ func TestAbortQueuedAndForceComplete(t *testing.T) {
 	send(t, migrate(vm, from, to, 201))
 	precheck(t)
 	status(t, 201, 3*time.Minute, "running")
+	claim(t, second, from, to, 202)
 	send(t, migrate(second, from, to, 202))
 	precheck(t)
 	status(t, 202, time.Minute, "queued")
@@ -195,6 +226,7 @@ func TestAbortQueuedAndForceComplete(t *testing.T) {
 	if s := status(t, 202, time.Minute, "cancelled", "failed", "error", "completed"); s != "cancelled" {
 		t.Fatalf("queued migration ended %s", s)
 	}
+	settled(t, second, 202, from)
 	if got := env.Conductor.Statuses(202); !slices.Equal(got, []string{"queued", "cancelled"}) {
 		t.Errorf("statuses of the aborted queued migration: %v", got)
 	}
@@ -209,6 +241,7 @@ func TestAbortQueuedAndForceComplete(t *testing.T) {
 func TestAbortRunning(t *testing.T) {
 	from, to := where(t, vm)
 	dirty(t, vm, 256, 200)
+	claim(t, vm, from, to, 301)
 	send(t, migrate(vm, from, to, 301))
 	precheck(t)
 	status(t, 301, 3*time.Minute, "running")
@@ -217,6 +250,7 @@ func TestAbortRunning(t *testing.T) {
 	if s := status(t, 301, 3*time.Minute, "cancelled", "failed", "error", "completed"); s != "cancelled" {
 		t.Fatalf("ended %s", s)
 	}
+	settled(t, vm, 301, from)
 	off := vm.LogOffset(from)
 	if _, err := theLab.BeatsAfter(context.Background(), from, vm, off, 10, time.Minute); err != nil {
 		t.Errorf("guest not alive on the source: %v", err)

@@ -36,6 +36,7 @@ type Env struct {
 	URL       string // transport_url of the environment's vhost
 	Ferryd    map[string]*Ferryd
 	Conductor *Conductor
+	Placement *Placement
 	o         Options
 	bin       string
 	drop      func()
@@ -57,7 +58,7 @@ func srcDir() string {
 }
 
 // Start builds ferryd, writes a configuration per host, and starts every
-// ferryd and the conductor stand-in.
+// ferryd and the conductor stand-in, with a real Placement.
 func Start(ctx context.Context, l *lab.Lab, o Options) (*Env, error) {
 	if o.Logf == nil {
 		o.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
@@ -92,6 +93,9 @@ func Start(ctx context.Context, l *lab.Lab, o Options) (*Env, error) {
 			return nil, fmt.Errorf("build %s: %w: %s", b.pkg, err, out)
 		}
 	}
+	if e.Placement, err = startPlacement(ctx, l); err != nil {
+		return nil, err
+	}
 	for _, h := range l.Hosts {
 		f := &Ferryd{Host: h, env: e, StateDir: filepath.Join(lab.WorkDir, "ferryd-"+h.Name),
 			Config: filepath.Join(lab.WorkDir, "ferryd-"+h.Name+".yaml"), Log: filepath.Join(lab.WorkDir, "ferryd-"+h.Name+".log")}
@@ -123,6 +127,7 @@ func (e *Env) config(h *lab.Host) string {
 	}
 	sb.WriteString("oslo_messaging_rabbit:\n  rpc_response_timeout: 60s\n  long_rpc_timeout: 600s\n")
 	sb.WriteString("migration:\n" + e.o.Migration + "\n")
+	fmt.Fprintf(&sb, "placement:\n  auth_type: noauth\n  endpoint_override: %s\n", e.Placement.URL)
 	sb.WriteString("log:\n  level: debug\n  format: json\n")
 	return sb.String()
 }
@@ -195,6 +200,9 @@ func (e *Env) Close() {
 				_ = f.Kill(syscall.SIGTERM)
 			}
 		}
+	}
+	if e.Placement != nil {
+		e.Placement.Close()
 	}
 	if e.drop != nil {
 		e.drop()

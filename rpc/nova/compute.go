@@ -26,6 +26,14 @@ type Libvirt interface {
 	Close() error
 }
 
+// Allocations settles a live migration's Placement allocations, as
+// nova-compute does on the source: released when the guest moved, given back
+// to the instance when it did not (pkg/openstack).
+type Allocations interface {
+	ReleaseMigration(ctx context.Context, migration string) error
+	RevertMigration(ctx context.Context, migration, instance string) error
+}
+
 // Engine is the part of migration.Manager the endpoints use.
 type Engine interface {
 	Start(ctx context.Context, req migration.Request) (migration.Migration, error)
@@ -59,6 +67,12 @@ type Options struct {
 	CallTimeout      time.Duration // rpc_response_timeout
 	LongTimeout      time.Duration // long_rpc_timeout
 	Log              *logrus.Entry
+	// Placement settles allocations at the end of each migration; nil leaves
+	// them to an operator (ferryd warns at start).
+	Placement Allocations
+	// SettleRetry is the first pause between attempts to reach Placement
+	// (doubling, three attempts); default 2s.
+	SettleRetry time.Duration
 }
 
 // Compute serves Nova's live-migration RPCs for one host, both roles. It

@@ -3,12 +3,15 @@ package nova
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
+	"opendev.org/x/ferry/pkg/errdefs"
 	"opendev.org/x/ferry/pkg/migration"
 	"opendev.org/x/ferry/pkg/virt"
 )
@@ -54,6 +57,11 @@ func (c *Compute) Phase(ctx context.Context, m *migration.Migration) {
 		return
 	}
 	log := c.log(m).WithField("status", m.Phase)
+	if m.Phase.Terminal() {
+		// Before the status: a restart re-sends the phase, and settling is
+		// idempotent, so a crash between the two leaves nothing unsettled.
+		c.settle(ctx, m, ns)
+	}
 	c.mu.Lock()
 	first := !c.synced[m.ID]
 	c.synced[m.ID] = true
@@ -103,6 +111,51 @@ func (c *Compute) Phase(ctx context.Context, m *migration.Migration) {
 		delete(c.synced, m.ID)
 		c.mu.Unlock()
 	}
+}
+
+// settle releases or gives back the allocations the conductor moved to the
+// migration: released when the guest moved, given back to the instance when
+// it stayed on the source. After an "error" the guest's host is uncertain,
+// so both claims stay until an operator decides.
+func (c *Compute) settle(ctx context.Context, m *migration.Migration, ns *novaState) {
+	p := c.o.Placement
+	mig := ns.Migration.Str("uuid")
+	log := c.log(m).WithField("status", m.Phase)
+	if p == nil || mig == "" {
+		return
+	}
+	var do func() error
+	var what string
+	switch m.Phase {
+	case migration.PhaseCompleted:
+		what = "release the source host's allocation held by the migration"
+		do = func() error { return p.ReleaseMigration(ctx, mig) }
+	case migration.PhaseFailed, migration.PhaseCancelled:
+		what = "give the source host's allocation back to the instance"
+		do = func() error { return p.RevertMigration(ctx, mig, m.InstanceUUID) }
+	default:
+		log.WithField("migration_uuid", mig).Error("placement: allocations left as they are (the migration's on the source, the instance's on the destination) until an operator knows where the guest runs")
+		return
+	}
+	wait := c.o.SettleRetry
+	if wait <= 0 {
+		wait = 2 * time.Second
+	}
+	var err error
+	for i := 0; i < 3; i++ {
+		if err = do(); err == nil || !errors.Is(err, errdefs.ErrUnavailable) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(wait << i):
+		}
+	}
+	if err != nil {
+		log.WithError(err).WithField("migration_uuid", mig).Errorf("placement: could not %s; Nova's usage of both hosts stays wrong until it is done by hand", what)
+		return
+	}
+	log.WithField("migration_uuid", mig).Infof("placement: %s", what)
 }
 
 // Prepare calls pre_live_migration on the destination and takes its
