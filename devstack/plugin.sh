@@ -42,7 +42,8 @@ function configure_ferry {
         [[ -n "$v" ]] && knobs+="  $k: ${v,,}"$'\n'
     done
     v=$(_nova_opt DEFAULT max_concurrent_live_migrations)
-    [[ -n "$v" ]] && knobs+="  max_concurrent_live_migrations: $v"$'\n'
+    # Nova reads 0 as "unlimited"; ferry wants a bound and keeps its default, 1.
+    [[ -n "$v" && "$v" != 0 ]] && knobs+="  max_concurrent_live_migrations: $v"$'\n'
     # The queue settings must match the deployment's, or ferryd refuses to
     # start (a durability mismatch would break the other consumers).
     for k in amqp_durable_queues amqp_auto_delete rabbit_quorum_queue rabbit_ha_queues rabbit_qos_prefetch_count; do
@@ -64,6 +65,8 @@ function configure_ferry {
              valid_interfaces endpoint_override; do
         v=$(_nova_opt placement $k)
         [[ "$k" == valid_interfaces ]] && v=${v%%,*} # ferry takes the first of Nova's list
+        v=${v//\\/\\\\}
+        v=${v//\"/\\\"}
         [[ -n "$v" ]] && placement+="  $k: \"$v\""$'\n'
     done
     placement=${placement%$'\n'}

@@ -85,7 +85,7 @@ live_migration_inbound_addr = 198.19.0.10
 auth_type = password
 auth_url = http://198.18.0.1/identity
 username = placement
-password = secret
+password = se"cr\et
 project_name = service
 user_domain_name = Default
 project_domain_name = Default
@@ -119,7 +119,7 @@ heartbeat_timeout_threshold = 30
 		{"rpc_response_timeout", c.Oslo.ResponseTimout.D(), 90 * time.Second},
 		{"placement auth", c.Placement.AuthType, "password"},
 		{"placement url", c.Placement.AuthURL, "http://198.18.0.1/identity"},
-		{"placement user", c.Placement.Username + "/" + c.Placement.Password + "@" + c.Placement.ProjectName, "placement/secret@service"},
+		{"placement user", c.Placement.Username + "/" + c.Placement.Password + "@" + c.Placement.ProjectName, "placement/se\"cr\\et@service"},
 		{"placement region", c.Placement.RegionName, "RegionOne"},
 	}
 	for _, ck := range checks {
@@ -133,9 +133,13 @@ heartbeat_timeout_threshold = 30
 }
 
 // A nova.conf that sets nothing ferry maps still gives a configuration
-// ferryd starts with: Nova's defaults, the devstack host address.
+// ferryd starts with: Nova's defaults, the devstack host address; Nova's
+// "unlimited" concurrency becomes ferry's default bound.
 func TestConfigureMinimal(t *testing.T) {
-	c, _ := configure(t, "[DEFAULT]\ntransport_url = rabbit://stackrabbit:secret@198.18.0.1:5672/\n")
+	c, _ := configure(t, "[DEFAULT]\ntransport_url = rabbit://stackrabbit:secret@198.18.0.1:5672/\nmax_concurrent_live_migrations = 0\n")
+	if c.Migration.MaxConcurrent != 1 {
+		t.Errorf("Nova's 0 (unlimited) became %d, want ferry's default 1", c.Migration.MaxConcurrent)
+	}
 	if c.InboundAddr != "198.18.0.10" || c.InstancesPath != "/opt/stack/data/nova/instances" || c.Migration.Downtime != 500 || c.ImageCacheDir != "_base" ||
 		c.Placement.AuthType != "none" {
 		t.Errorf("minimal: inbound %q, instances %q, downtime %d", c.InboundAddr, c.InstancesPath, c.Migration.Downtime)
