@@ -46,7 +46,10 @@ func TestPostcopyRecovery(t *testing.T) {
 	// refused with "migration of domain ... is being actively monitored by
 	// another thread"), or the destination's incoming side has already died
 	// ("postcopy_ram_listen_thread: loadvm failed: -5") and every resume is
-	// refused with "domain ... is not processing incoming migration".
+	// refused with "domain ... is not processing incoming migration", or the
+	// first Perform3Params call itself never returns while its job shows
+	// stale statistics: the engine stops waiting on it after PostcopyHang,
+	// and the resumes are refused as "actively monitored".
 	evidence := ""
 	for _, h := range theLab.Hosts {
 		out, _ := exec.Command("sh", "-c", "grep -hE 'postcopy|post-copy|Migration paused|loadvm' "+h.LogDir()+"/libvirtd.log "+h.LogDir()+"/qemu/engine.log | tail -4").CombinedOutput()

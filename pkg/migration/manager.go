@@ -23,7 +23,11 @@ type Options struct {
 	PollInterval     time.Duration // job-stats sampling [500ms]
 	ProgressInterval time.Duration // Hooks.Progress cadence [5s]
 	PostcopyRecovery time.Duration // how long a failed post-copy is retried [5m]
-	Log              *logrus.Entry
+	// PostcopyHang is how long the engine waits for libvirt's migration
+	// call to return once post-copy has failed on the source, before it
+	// recovers without it [15s].
+	PostcopyHang time.Duration
+	Log          *logrus.Entry
 }
 
 // Manager runs this host's outbound migrations. It owns every goroutine it
@@ -79,6 +83,9 @@ func NewManager(o Options) (*Manager, error) {
 	}
 	if o.PostcopyRecovery <= 0 {
 		o.PostcopyRecovery = 5 * time.Minute
+	}
+	if o.PostcopyHang <= 0 {
+		o.PostcopyHang = 15 * time.Second
 	}
 	if o.Log == nil {
 		o.Log = logrus.NewEntry(logrus.StandardLogger())

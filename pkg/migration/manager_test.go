@@ -367,3 +367,51 @@ func TestManagerPostcopyRecovery(t *testing.T) {
 		}
 	})
 }
+
+// libvirt 9.0 can leave the Perform call hanging after post-copy failed,
+// with stale job statistics and every resume refused. The migration still
+// ends: after PostcopyHang the engine stops waiting on the call, tries to
+// resume for PostcopyRecovery, and ends in error saying the guest's memory
+// is split, without resuming the stale source.
+func TestManagerPostcopyHang(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t)
+		var mu sync.Mutex
+		down := false
+		f.w.Job = virttest.Job{RAMMiB: 512, WSMiB: 256, DirtyMiBps: 200, BandwidthMiBps: 50, HangOnPostcopyFailure: true,
+			LinkDown: func() bool { mu.Lock(); defer mu.Unlock(); return down }}
+		m := f.manager(t)
+		stop := runManager(m)
+		defer stop()
+		time.Sleep(time.Millisecond)
+		m.Start(context.Background(), req("m", Policy{PostCopy: true}))
+		waitPhase(t, m, "m", PhasePostCopy)
+		mu.Lock()
+		down = true
+		mu.Unlock()
+		time.Sleep(10 * time.Second)
+		mu.Lock()
+		down = false // the link is back, but the hung call holds the job
+		mu.Unlock()
+		start := time.Now()
+		s := waitPhase(t, m, "m", PhaseError)
+		if took := time.Since(start); took > 7*time.Minute {
+			t.Errorf("ended %v after the link came back, want within PostcopyHang + PostcopyRecovery", took)
+		}
+		if !strings.Contains(s.Reason, "could not be resumed within 5m0s") {
+			t.Errorf("reason %q", s.Reason)
+		}
+		refused := 0
+		for _, a := range s.Record.Actions {
+			if a.Action == "post-copy-resume" && strings.Contains(a.Reason, "actively monitored by another thread") {
+				refused++
+			}
+		}
+		if refused == 0 {
+			t.Errorf("no refused resume attempt recorded: %+v", s.Record.Actions)
+		}
+		if st, _ := f.w.State("src", "vm"); st.State != virt.StatePaused {
+			t.Errorf("the stale source was resumed: %+v", st)
+		}
+	})
+}

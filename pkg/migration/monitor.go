@@ -62,6 +62,7 @@ func (r *runner) running(ctx context.Context) error {
 	t := time.NewTicker(r.m.o.PollInterval)
 	defer t.Stop()
 	lastProgress := time.Time{}
+	var pcFailedAt time.Time // when the source was first seen with post-copy failed while the call was still out
 	for ended := false; !ended; {
 		select {
 		case migErr = <-done:
@@ -74,6 +75,24 @@ func (r *runner) running(ctx context.Context) error {
 			}
 			ended = true
 		case <-t.C:
+			if r.st.PostCopy && done != nil {
+				// libvirt 9.0 can leave the Perform call hanging after post-copy
+				// failed (QEMU 7.2, TCG): the job then shows stale statistics
+				// for ever. Recover without the call rather than wait on it.
+				if s := stateOf(ctx, src, snap.Domain); !s.postcopyFailed() {
+					pcFailedAt = time.Time{}
+				} else if pcFailedAt.IsZero() {
+					pcFailedAt = time.Now()
+				} else if time.Since(pcFailedAt) >= r.m.o.PostcopyHang {
+					r.log.WithField("waited", r.m.o.PostcopyHang).Warn("post-copy failed and libvirt's migration call has not returned; recovering without it")
+					mc.Close()
+					<-done
+					done = nil
+					migErr = fmt.Errorf("post-copy failed; libvirt's migration call did not return within %s", r.m.o.PostcopyHang)
+					ended = true
+					continue
+				}
+			}
 			js, err := src.JobStats(ctx, snap.Domain, false)
 			switch {
 			case errors.Is(err, errdefs.ErrNotFound):

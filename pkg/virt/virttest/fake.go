@@ -27,6 +27,11 @@ type Job struct {
 	LinkDown func() bool
 	// FailPerform, when set, makes Perform fail at once with this error.
 	FailPerform error
+	// HangOnPostcopyFailure: when post-copy fails, Perform does not return
+	// and the job keeps reporting its last statistics, while both domains
+	// show the failure; a resume is refused because the hung call holds the
+	// job (libvirt 9.0 with QEMU 7.2 under TCG, seen in the lab).
+	HangOnPostcopyFailure bool
 }
 
 // World is a set of fake hosts.
@@ -160,6 +165,10 @@ func (c *Conn) Migrate(ctx context.Context, dom string, s virt.MigrateSpec) erro
 	j := h.jobs[dom]
 	if s.PostcopyResume {
 		j = h.broken[dom]
+		if j != nil && c.w.Job.HangOnPostcopyFailure {
+			c.w.mu.Unlock()
+			return fmt.Errorf("resume %s: %w: migration of domain %s is being actively monitored by another thread", dom, errdefs.ErrFailedPrecondition, dom)
+		}
 		if j == nil {
 			c.w.mu.Unlock()
 			return fmt.Errorf("resume %s: %w: no failed post-copy migration", dom, errdefs.ErrFailedPrecondition)
@@ -206,6 +215,13 @@ func (w *World) runJob(h *Host, dom string, j *job) {
 	for range t.C {
 		w.mu.Lock()
 		err, end := w.stepJob(j)
+		if end && j.pcPaused && err != nil && w.Job.HangOnPostcopyFailure {
+			h.domains[dom].State, h.domains[dom].Reason = virt.StatePaused, virt.ReasonPausedPostcopyFailed
+			j.dest.domains[dom] = &virt.DomainState{State: virt.StatePaused, Reason: virt.ReasonPausedPostcopyFailed}
+			h.broken[dom] = j // and still in h.jobs: the statistics go stale; nothing is sent on finished
+			w.mu.Unlock()
+			return
+		}
 		if end {
 			delete(h.jobs, dom)
 			elapsed := time.Since(j.start)
