@@ -34,4 +34,15 @@
 // destination): the source gone or shut off with the destination running
 // means completed; the guest running on the source only means failed (or
 // cancelled); anything else is an error an operator must look at.
+//
+// # When post-copy fails
+//
+// Once the guest runs on the destination there is no going back: the
+// source holds a stale copy. On PAUSED_POSTCOPY_FAILED the engine tries
+// libvirt's post-copy resume for PostcopyRecovery, and if that never works it
+// ends in error saying the guest's memory is split, never resuming the
+// source. On libvirt 9.0 with QEMU 7.2 under TCG the Perform call itself can
+// hang after the failure, its job reporting stale statistics; the engine
+// waits PostcopyHang for it, then recovers without it, so that this case
+// ends too.
 package migration
