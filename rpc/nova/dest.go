@@ -38,16 +38,27 @@ func (c *Compute) checkDestination(ctx context.Context, r *oslo.Request) (any, e
 	return answer, err
 }
 
-func (c *Compute) checkDestinationReserved(ctx context.Context, r *oslo.Request, inst *Object, uuid, src string) (any, error) {
+// sourceDomain opens the source host's libvirt and reads the instance's
+// domain XML there; the caller closes the connection.
+func (c *Compute) sourceDomain(ctx context.Context, uuid, src string) (Libvirt, string, error) {
 	peer, err := c.dial(ctx, c.peerURI(src))
 	if err != nil {
-		return nil, PreCheck("cannot reach the source's libvirt on %s: %v", src, err)
+		return nil, "", PreCheck("cannot reach the source's libvirt on %s: %v", src, err)
 	}
 	xml, err := peer.DomainXML(ctx, uuid, false)
-	peer.Close()
 	if err != nil {
-		return nil, PreCheck("instance %s not found on the source %s: %v", uuid, src, err)
+		peer.Close()
+		return nil, "", PreCheck("instance %s not found on the source %s: %v", uuid, src, err)
 	}
+	return peer, xml, nil
+}
+
+func (c *Compute) checkDestinationReserved(ctx context.Context, r *oslo.Request, inst *Object, uuid, src string) (any, error) {
+	peer, xml, err := c.sourceDomain(ctx, uuid, src)
+	if err != nil {
+		return nil, err
+	}
+	peer.Close()
 	g, err := virt.ParseGuest(xml)
 	if err != nil {
 		return nil, err
@@ -192,15 +203,11 @@ func (c *Compute) precreate(ctx context.Context, diskJSON string) error {
 // which a block migration does not copy, from the source host through its
 // libvirt, each to a temporary file renamed into place once complete.
 func (c *Compute) carryOver(ctx context.Context, uuid, src, dir string) error {
-	peer, err := c.dial(ctx, c.peerURI(src))
+	peer, xml, err := c.sourceDomain(ctx, uuid, src)
 	if err != nil {
-		return PreCheck("cannot reach the source's libvirt on %s: %v", src, err)
+		return err
 	}
 	defer peer.Close()
-	xml, err := peer.DomainXML(ctx, uuid, false)
-	if err != nil {
-		return PreCheck("instance %s not found on the source %s: %v", uuid, src, err)
-	}
 	all, err := virt.ParseDisks(xml)
 	if err != nil {
 		return err
