@@ -16,9 +16,10 @@ import (
 	"strings"
 	"syscall"
 	"text/template"
-
-	"opendev.org/x/ferry/pkg/virt"
 	"time"
+
+	"opendev.org/x/ferry/pkg/disks"
+	"opendev.org/x/ferry/pkg/virt"
 )
 
 // GuestSpec describes a lab guest. Zero fields take the defaults.
@@ -226,7 +227,7 @@ func (l *Lab) PrecreateDisk(ctx context.Context, h *Host, g *Guest) error {
 
 // Base is the path (inside every host) of the guest's base image.
 func (g *Guest) Base() string {
-	return filepath.Join(InstancesPath, "_base", g.Spec.Name+"-base")
+	return filepath.Join(InstancesPath, disks.CacheSubdir, g.Spec.Name+"-base")
 }
 
 // ConfigDrive is the path (inside every host) of the guest's config drive.

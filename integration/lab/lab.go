@@ -413,7 +413,7 @@ func (l *Lab) StartIn(h *Host, logPath string, args ...string) (*Proc, error) {
 		return nil, err
 	}
 	defer f.Close()
-	cmd := exec.Command("nsenter", append([]string{"--target", strconv.Itoa(h.pid), "--mount", "--uts", "--"}, args...)...)
+	cmd := exec.Command("nsenter", h.nsenter(args)...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
@@ -435,8 +435,13 @@ func (l *Lab) StartIn(h *Host, logPath string, args ...string) (*Proc, error) {
 // Run runs a command to its end inside h's mount and UTS namespaces, where
 // in-host paths resolve, and returns its combined output.
 func (h *Host) Run(ctx context.Context, args ...string) (string, error) {
-	out, err := exec.CommandContext(ctx, "nsenter", append([]string{"--target", strconv.Itoa(h.pid), "--mount", "--uts", "--"}, args...)...).CombinedOutput()
+	out, err := exec.CommandContext(ctx, "nsenter", h.nsenter(args)...).CombinedOutput()
 	return string(out), err
+}
+
+// nsenter's arguments for running args in h's mount and UTS namespaces.
+func (h *Host) nsenter(args []string) []string {
+	return append([]string{"--target", strconv.Itoa(h.pid), "--mount", "--uts", "--"}, args...)
 }
 
 // PID is the process id.
