@@ -109,24 +109,19 @@ func (p *Placement) Claim(instance, migration, source, dest string) error {
 		migration: map[string]any{"allocations": map[string]any{p.RPs[source]: map[string]any{"resources": Flavor}},
 			"project_id": "lab-project", "user_id": "lab-user", "consumer_generation": nil},
 	}
-	cur, err := p.Allocations(instance)
+	// The instance's consumer generation: absent (null) while it holds nothing.
+	raw, err := p.do("GET", "/allocations/"+instance, nil)
 	if err != nil {
 		return err
 	}
-	gen := any(nil)
-	if len(cur) > 0 {
-		raw, err := p.do("GET", "/allocations/"+instance, nil)
-		if err != nil {
-			return err
-		}
-		var g struct {
-			Gen *int `json:"consumer_generation"`
-		}
-		_ = json.Unmarshal(raw, &g)
-		gen = g.Gen
+	var cur struct {
+		Gen *int `json:"consumer_generation"`
+	}
+	if err := json.Unmarshal(raw, &cur); err != nil {
+		return err
 	}
 	body[instance] = map[string]any{"allocations": map[string]any{p.RPs[dest]: map[string]any{"resources": Flavor}},
-		"project_id": "lab-project", "user_id": "lab-user", "consumer_generation": gen}
+		"project_id": "lab-project", "user_id": "lab-user", "consumer_generation": cur.Gen}
 	_, err = p.do("POST", "/allocations", body)
 	return err
 }
