@@ -45,15 +45,18 @@ type Auth struct {
 // safe against a concurrent writer (a 409 makes us read again and retry).
 const microversion = "1.28"
 
+// writeAttempts bounds one read-modify-write retried after generation
+// conflicts.
+const writeAttempts = 4
+
 // Placement settles a live migration's allocations. It authenticates on
 // first use and again whenever a call fails for want of a client, so a
 // Keystone outage at ferryd's start costs nothing but a retry.
 type Placement struct {
-	auth     Auth
-	timeout  time.Duration
-	mu       sync.Mutex
-	client   *gophercloud.ServiceClient
-	attempts int // writes retried after a generation conflict
+	auth    Auth
+	timeout time.Duration
+	mu      sync.Mutex
+	client  *gophercloud.ServiceClient
 }
 
 // NewPlacement returns a client; it does not connect yet.
@@ -61,7 +64,7 @@ func NewPlacement(a Auth, timeout time.Duration) *Placement {
 	if timeout <= 0 {
 		timeout = 30 * time.Second
 	}
-	return &Placement{auth: a, timeout: timeout, attempts: 4}
+	return &Placement{auth: a, timeout: timeout}
 }
 
 func (p *Placement) service(ctx context.Context) (*gophercloud.ServiceClient, error) {
@@ -168,12 +171,12 @@ func (p *Placement) RevertMigration(ctx context.Context, migration, instance str
 }
 
 // retry runs one read-modify-write until it succeeds, fails for a reason
-// other than a concurrent writer, or has tried p.attempts times.
+// other than a concurrent writer, or has tried writeAttempts times.
 func (p *Placement) retry(ctx context.Context, what string, f func(*gophercloud.ServiceClient) (again bool, err error)) error {
 	ctx, cancel := context.WithTimeout(ctx, 4*p.timeout)
 	defer cancel()
 	var err error
-	for i := 0; i < p.attempts; i++ {
+	for i := 0; i < writeAttempts; i++ {
 		var sc *gophercloud.ServiceClient
 		if sc, err = p.service(ctx); err != nil {
 			return fmt.Errorf("%s: %w", what, err)
