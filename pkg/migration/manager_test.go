@@ -327,31 +327,36 @@ func TestManagerStallAbort(t *testing.T) {
 	})
 }
 
+// postcopyMigration runs migration "m" of a guest dirtying faster than the
+// link, with post-copy permitted, until it has switched to post-copy. link
+// cuts (true) and restores (false) the migration link; hang makes the fake
+// hang its Perform call once post-copy fails. The manager stops when the
+// test ends.
+func postcopyMigration(t *testing.T, f *fixture, hang bool) (m *Manager, link func(down bool)) {
+	var mu sync.Mutex
+	down := false
+	f.w.Job = virttest.Job{RAMMiB: 512, WSMiB: 256, DirtyMiBps: 200, BandwidthMiBps: 50, HangOnPostcopyFailure: hang,
+		LinkDown: func() bool { mu.Lock(); defer mu.Unlock(); return down }}
+	m = f.manager(t)
+	t.Cleanup(runManager(m))
+	time.Sleep(time.Millisecond)
+	m.Start(context.Background(), req("m", Policy{PostCopy: true}))
+	waitPhase(t, m, "m", PhasePostCopy)
+	return m, func(d bool) { mu.Lock(); down = d; mu.Unlock() }
+}
+
 // The link fails after the switch to post-copy: the engine pauses the
 // stalled stream and resumes it once the link is back.
 func TestManagerPostcopyRecovery(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFixture(t)
-		var mu sync.Mutex
-		down := false
-		f.w.Job = virttest.Job{RAMMiB: 512, WSMiB: 256, DirtyMiBps: 200, BandwidthMiBps: 50,
-			LinkDown: func() bool { mu.Lock(); defer mu.Unlock(); return down }}
-		m := f.manager(t)
-		stop := runManager(m)
-		defer stop()
-		time.Sleep(time.Millisecond)
-		m.Start(context.Background(), req("m", Policy{PostCopy: true}))
-		waitPhase(t, m, "m", PhasePostCopy)
-		mu.Lock()
-		down = true
-		mu.Unlock()
+		m, link := postcopyMigration(t, f, false)
+		link(true)
 		time.Sleep(8 * time.Second)
 		if st, _ := f.w.State("src", "vm"); st.Reason != virt.ReasonPausedPostcopyFailed {
 			t.Errorf("source = %+v, want paused (post-copy failed)", st)
 		}
-		mu.Lock()
-		down = false
-		mu.Unlock()
+		link(false)
 		s := waitPhase(t, m, "m", PhaseCompleted)
 		var acts []string
 		for _, a := range s.Record.Actions {
@@ -376,23 +381,10 @@ func TestManagerPostcopyRecovery(t *testing.T) {
 func TestManagerPostcopyHang(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFixture(t)
-		var mu sync.Mutex
-		down := false
-		f.w.Job = virttest.Job{RAMMiB: 512, WSMiB: 256, DirtyMiBps: 200, BandwidthMiBps: 50, HangOnPostcopyFailure: true,
-			LinkDown: func() bool { mu.Lock(); defer mu.Unlock(); return down }}
-		m := f.manager(t)
-		stop := runManager(m)
-		defer stop()
-		time.Sleep(time.Millisecond)
-		m.Start(context.Background(), req("m", Policy{PostCopy: true}))
-		waitPhase(t, m, "m", PhasePostCopy)
-		mu.Lock()
-		down = true
-		mu.Unlock()
+		m, link := postcopyMigration(t, f, true)
+		link(true)
 		time.Sleep(10 * time.Second)
-		mu.Lock()
-		down = false // the link is back, but the hung call holds the job
-		mu.Unlock()
+		link(false) // the link is back, but the hung call holds the job
 		start := time.Now()
 		s := waitPhase(t, m, "m", PhaseError)
 		if took := time.Since(start); took > 7*time.Minute {
