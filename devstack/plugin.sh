@@ -1,14 +1,18 @@
 #!/bin/bash
 # devstack plugin for ferry: builds ferryd, writes /etc/ferry/ferryd.yaml from
-# nova.conf's values (host, transport_url, instances_path and the [libvirt]
-# live_migration_* knobs, under the same names), and runs ferryd as a devstack
-# service.
+# nova-compute's configuration (host, transport_url, instances_path, the
+# [libvirt] live_migration_* knobs and [oslo_messaging_rabbit]'s queue and
+# ssl options under the same names, [placement] and [neutron] credentials),
+# and runs ferryd as a devstack service.
 #
-# Native mode only: ferryd then answers this host's live-migration RPCs
-# itself, so nova-compute must not run on the host (disable_service n-cpu).
-# Companion mode, where ferryd runs beside nova-compute, is not built yet;
-# the plugin refuses to start ferryd next to n-cpu rather than let two
-# consumers split the compute.<host> queue.
+# FERRY_MODE=companion (the default with n-cpu enabled, the deployment
+# shape): ferryd runs beside n-cpu and owns live migration. Before ferryd
+# starts, `ferryd cutover to-companion` moves the host's compute traffic to
+# ferryd's queue, sets the alternate-exchange policy and restarts n-cpu on its
+# private exchange (control_exchange = ferry-<host> in nova-cpu.conf).
+# `ferryd cutover --config /etc/ferry/ferryd.yaml to-stock` gives the host back.
+# FERRY_MODE=native (the lab mode): ferryd answers the host's live-migration
+# RPCs itself, so n-cpu must not run on the host.
 
 function install_ferry {
     if ! command -v go >/dev/null; then
@@ -17,8 +21,34 @@ function install_ferry {
     (cd $FERRY_DIR && go build -o $FERRY_BIN ./cmd/ferryd) || die $LINENO "building ferryd failed"
 }
 
+# nova-compute's own configuration: devstack's nova-cpu.conf where it has one.
+function _nova_compute_conf {
+    if [[ -n "$NOVA_CPU_CONF" && -f "$NOVA_CPU_CONF" ]]; then
+        echo "$NOVA_CPU_CONF"
+    else
+        echo "$NOVA_CONF"
+    fi
+}
+
 function _nova_opt {
-    iniget $NOVA_CONF "$1" "$2"
+    iniget $(_nova_compute_conf) "$1" "$2"
+}
+
+# _keystone_section SECTION: nova.conf's credentials for a service, as a
+# ferryd Keystone block (auth_type none when nova.conf has none).
+function _keystone_section {
+    local out="" k v
+    v=$(_nova_opt $1 auth_type)
+    out+="  auth_type: ${v:-none}"$'\n'
+    for k in auth_url username password project_name user_domain_name project_domain_name region_name \
+             valid_interfaces endpoint_override; do
+        v=$(_nova_opt $1 $k)
+        [[ "$k" == valid_interfaces ]] && v=${v%%,*} # ferry takes the first of Nova's list
+        v=${v//\\/\\\\}
+        v=${v//\"/\\\"}
+        [[ -n "$v" ]] && out+="  $k: \"$v\""$'\n'
+    done
+    echo -n "${out%$'\n'}"
 }
 
 function configure_ferry {
@@ -50,6 +80,20 @@ function configure_ferry {
         v=$(_nova_opt oslo_messaging_rabbit $k)
         [[ -n "$v" ]] && oslo+="  $k: ${v,,}"$'\n'
     done
+    # TLS to the broker: nova.conf's ssl options (or their deprecated
+    # names, which oslo still reads), so ferryd dials as nova-compute does.
+    local pair new old
+    for pair in ssl:rabbit_use_ssl ssl_enforce_fips_mode: ssl_version:kombu_ssl_version \
+                ssl_ca_file:kombu_ssl_ca_certs ssl_cert_file:kombu_ssl_certfile ssl_key_file:kombu_ssl_keyfile; do
+        new=${pair%%:*} old=${pair#*:}
+        v=$(_nova_opt oslo_messaging_rabbit $new)
+        [[ -z "$v" && -n "$old" ]] && v=$(_nova_opt oslo_messaging_rabbit $old)
+        [[ -z "$v" ]] && continue
+        case $new in
+            ssl|ssl_enforce_fips_mode) oslo+="  $new: ${v,,}"$'\n' ;;
+            *) v=${v//\\/\\\\}; v=${v//\"/\\\"}; oslo+="  $new: \"$v\""$'\n' ;;
+        esac
+    done
     v=$(_nova_opt oslo_messaging_rabbit heartbeat_timeout_threshold)
     [[ -n "$v" ]] && oslo+="  heartbeat_timeout_threshold: ${v}s"$'\n'
     for k in rpc_response_timeout long_rpc_timeout; do
@@ -58,18 +102,27 @@ function configure_ferry {
     done
     # Placement: where ferryd settles a migration's allocations, with the
     # credentials nova-compute uses (nova.conf's [placement]).
-    local placement=""
-    v=$(_nova_opt placement auth_type)
-    placement+="  auth_type: ${v:-none}"$'\n'
-    for k in auth_url username password project_name user_domain_name project_domain_name region_name \
-             valid_interfaces endpoint_override; do
-        v=$(_nova_opt placement $k)
-        [[ "$k" == valid_interfaces ]] && v=${v%%,*} # ferry takes the first of Nova's list
-        v=${v//\\/\\\\}
-        v=${v//\"/\\\"}
-        [[ -n "$v" ]] && placement+="  $k: \"$v\""$'\n'
-    done
-    placement=${placement%$'\n'}
+    local placement
+    placement=$(_keystone_section placement)
+    # Companion mode: Neutron's credentials (the port bindings), and what
+    # the cut-over needs to stop and start n-cpu and edit its configuration.
+    local companion=""
+    if [[ "$FERRY_MODE" == "companion" ]]; then
+        local neutron timeout fatal
+        neutron=$(_keystone_section neutron)
+        timeout=$(_nova_opt DEFAULT vif_plugging_timeout)
+        fatal=$(_nova_opt DEFAULT vif_plugging_is_fatal)
+        companion="mode: companion
+neutron:
+${neutron}
+companion:
+  vif_plugging_timeout: ${timeout:-300}s
+  vif_plugging_is_fatal: $(v=${fatal:-true}; echo ${v,,})
+  cutover:
+    nova_compute_config: $(_nova_compute_conf)
+    stop: [systemctl, stop, devstack@n-cpu.service]
+    start: [systemctl, start, devstack@n-cpu.service]"
+    fi
     # An empty block is written as {}; the brace is escaped because an
     # unescaped one ends the ${...:-} expansion early and leaves a stray "}".
     sudo tee $FERRY_CONF_DIR/ferryd.yaml >/dev/null <<YAML
@@ -87,14 +140,28 @@ migration:
 ${knobs:-  {\}}
 placement:
 ${placement}
+${companion}
 YAML
     sudo chmod 0600 $FERRY_CONF_DIR/ferryd.yaml
 }
 
 function start_ferry {
-    if is_service_enabled n-cpu && [[ "$FERRY_MODE" == "native" ]]; then
-        die $LINENO "ferryd in native mode cannot share compute.<host> with nova-compute: disable n-cpu or wait for companion mode"
-    fi
+    case "$FERRY_MODE" in
+    native)
+        if is_service_enabled n-cpu; then
+            die $LINENO "ferryd in native mode cannot share compute.<host> with nova-compute: disable n-cpu or use FERRY_MODE=companion"
+        fi
+        ;;
+    companion)
+        if ! is_service_enabled n-cpu; then
+            die $LINENO "ferryd in companion mode runs beside nova-compute: enable n-cpu or use FERRY_MODE=native"
+        fi
+        sudo $FERRY_BIN cutover --config $FERRY_CONF_DIR/ferryd.yaml to-companion || die $LINENO "the cut-over to companion mode failed"
+        ;;
+    *)
+        die $LINENO "FERRY_MODE=$FERRY_MODE: want companion or native"
+        ;;
+    esac
     run_process ferryd "$FERRY_BIN --config $FERRY_CONF_DIR/ferryd.yaml" root root
 }
 

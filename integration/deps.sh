@@ -10,6 +10,11 @@ pkgs=(
 	libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils
 	busybox-static iproute2 kmod rabbitmq-server
 	python3-oslo.messaging python3-nova python3-placement
+	# integration/stack: Debian's OpenStack Zed around the lab
+	mariadb-server mariadb-client uwsgi-plugin-python3 python3-openstackclient
+	keystone glance-api placement-api nova-api nova-conductor nova-scheduler
+	nova-compute nova-compute-qemu neutron-server neutron-linuxbridge-agent
+	ipset iptables ebtables bridge-utils
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -1,115 +1,107 @@
-// Command ferry is the operator's view of a host's ferryd.
+// Command ferry is the admin's CLI for live migration, on Nova's API.
 //
-//	ferry migration list [--state-dir DIR] [--json]
-//	ferry migration show ID [--state-dir DIR] [--json]
+//	ferry live-migrate SERVER [--host H] [--block-migration auto|true|false] [--wait]
+//	ferry migration list [--server S] [--host H] [--status S]
+//	ferry migration show SERVER MIGRATION
+//	ferry migration watch SERVER [MIGRATION]
+//	ferry migration force-complete|abort SERVER MIGRATION
+//	ferry drain HOST [--bandwidth MiB/s] [--max-parallel N]
+//	ferry plan SERVER [--host H] [--sample 5s]
+//	ferry journal list|show [ID] [--state-dir DIR]
+//	ferry completion bash|zsh|fish|powershell
 //
-// It reads ferryd's journal (the state_dir of its configuration) and changes
-// nothing: the phase, the reason, the actions ferry took and the record of
-// each migration. Data goes to stdout, everything else to stderr; the --json
-// output only ever gains fields.
+// Everything that changes something goes through nova-api (so Nova's
+// records stay the truth); what Nova cannot say — ferry's phase, the copy
+// set, the network, the actions it took and why — comes from the status API
+// of the source host's ferryd (ferry.yaml says where each is) and degrades
+// to Nova's view alone, with a note on stderr, when that ferryd cannot be
+// reached. The cloud comes from clouds.yaml (--os-cloud, OS_CLOUD,
+// OS_CLIENT_CONFIG_FILE), as openstackclient reads it.
+//
+// Data goes to stdout, everything else to stderr. Every read command takes
+// -f table|json|yaml (--json is -f json); JSON and YAML fields are only
+// ever added. Exit codes: 0 done; 1 failed (an API refused, or a migration
+// waited for ended other than completed); 2 usage.
 package main
 
 import (
-	"encoding/json"
-	"flag"
+	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
-	"sort"
-	"text/tabwriter"
-	"time"
+	"os/signal"
+	"syscall"
 
-	"opendev.org/x/ferry/pkg/migration"
+	"github.com/spf13/cobra"
+)
+
+// Exit codes scripts can rely on.
+const (
+	exitOK     = 0
+	exitFailed = 1
+	exitUsage  = 2
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }
 
-func usage(w io.Writer) {
-	fmt.Fprintln(w, "usage: ferry migration list [--state-dir DIR] [--json]\n       ferry migration show ID [--state-dir DIR] [--json]")
+// failure is an error a command returns once its arguments were good: exit
+// 1, the message on stderr. Anything else Execute returns is a usage error.
+type failure struct{ err error }
+
+func (f failure) Error() string { return f.err.Error() }
+func (f failure) Unwrap() error { return f.err }
+
+func failed(err error) error {
+	if err == nil {
+		return nil
+	}
+	return failure{err}
 }
 
-func run(args []string, out, errw io.Writer) int {
-	if len(args) < 2 || args[0] != "migration" || (args[1] != "list" && args[1] != "show") {
-		usage(errw)
-		return 2
-	}
-	verb := args[1]
-	fs := flag.NewFlagSet("ferry migration "+verb, flag.ContinueOnError)
-	fs.SetOutput(errw)
-	dir := fs.String("state-dir", "/var/lib/ferry", "ferryd's state_dir")
-	asJSON := fs.Bool("json", false, "print JSON")
-	rest := args[2:]
-	var id string
-	if verb == "show" {
-		if len(rest) == 0 || rest[0] == "" || rest[0][0] == '-' {
-			usage(errw)
-			return 2
-		}
-		id, rest = rest[0], rest[1:]
-	}
-	if err := fs.Parse(rest); err != nil {
-		return 2
-	}
-	ms, err := migration.ReadJournal(*dir)
-	if err != nil && len(ms) == 0 {
-		fmt.Fprintln(errw, "ferry:", err)
-		return 1
-	}
-	if err != nil {
-		fmt.Fprintln(errw, "ferry: some journal entries are unreadable:", err)
-	}
-	sort.Slice(ms, func(i, j int) bool { return ms[i].Record.Started.After(ms[j].Record.Started) })
-	if verb == "show" {
-		for _, m := range ms {
-			if m.ID == id {
-				return show(out, m, *asJSON)
-			}
-		}
-		fmt.Fprintf(errw, "ferry: no migration %s in %s\n", id, *dir)
-		return 1
-	}
-	if *asJSON {
-		return writeJSON(out, ms)
-	}
-	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tINSTANCE\tDEST\tPHASE\tSTARTED\tTOTAL\tDOWNTIME\tREASON")
-	for _, m := range ms {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\t%v\t%s\n", m.ID, m.InstanceUUID, m.DestHost, m.Phase,
-			m.Record.Started.Format(time.RFC3339), m.Record.Total.Round(100*time.Millisecond), m.Record.Downtime, m.Reason)
-	}
-	tw.Flush()
-	return 0
+func run(ctx context.Context, args []string, out, errw io.Writer) int {
+	a := &app{out: out, errw: errw}
+	root := a.root()
+	root.SetArgs(args)
+	root.SetOut(out)
+	root.SetErr(errw)
+	return exitOf(root.ExecuteContext(ctx), errw)
 }
 
-func show(out io.Writer, m migration.Migration, asJSON bool) int {
-	if asJSON {
-		return writeJSON(out, m)
+// exitOf is a command's exit code, its error said on errw.
+func exitOf(err error, errw io.Writer) int {
+	var f failure
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &f):
+		fmt.Fprintln(errw, "ferry:", f.err)
+		return exitFailed
 	}
-	r := m.Record
-	fmt.Fprintf(out, "migration %s: %s\n", m.ID, m.Phase)
-	if m.Reason != "" {
-		fmt.Fprintf(out, "  reason:     %s\n", m.Reason)
-	}
-	fmt.Fprintf(out, "  instance:   %s → %s\n  copy set:   %v\n", m.InstanceUUID, m.DestHost, m.Spec.Disks)
-	if m.CopyNote != "" {
-		fmt.Fprintf(out, "  disk copy:  %s\n", m.CopyNote)
-	}
-	fmt.Fprintf(out, "  total:      %v (downtime %v)\n  moved:      memory %d MiB, disk %d MiB in %d iterations\n",
-		r.Total.Round(100*time.Millisecond), r.Downtime, r.MemBytes>>20, r.DiskBytes>>20, r.Iterations)
-	fmt.Fprintf(out, "  estimates:  B %.1f MiB/s, F %.1f MiB; %d stalls\n", r.Bandwidth/(1<<20), float64(r.Floor)/(1<<20), r.Stalls)
-	for _, a := range r.Actions {
-		fmt.Fprintf(out, "  at %-8v %-16s %v %s\n", a.At.Round(100*time.Millisecond), a.Action, a.Downtime, a.Reason)
-	}
-	return 0
+	fmt.Fprintln(errw, "ferry:", err)
+	fmt.Fprintln(errw, "see: ferry --help")
+	return exitUsage
 }
 
-func writeJSON(out io.Writer, v any) int {
-	enc := json.NewEncoder(out)
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(v); err != nil {
-		return 1
+func (a *app) root() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "ferry",
+		Short: "Live migration through Nova's API, with ferry's view of each migration",
+		Long: "ferry drives and explains live migrations. Changes go through nova-api; ferry's own record of\n" +
+			"each migration comes from the source host's ferryd (its status API, located by ferry.yaml).\n\n" +
+			"Exit codes: 0 done; 1 failed (an API refused, or a migration waited for did not complete); 2 usage.",
+		SilenceUsage:  true,
+		SilenceErrors: true,
 	}
-	return 0
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.cloudName, "os-cloud", "", "the cloud in clouds.yaml (default $OS_CLOUD)")
+	pf.StringVar(&a.configPath, "config", os.Getenv("FERRY_CONFIG"), "ferry.yaml: where each host's ferryd is (default $FERRY_CONFIG, ~/.config/ferry/ferry.yaml, /etc/ferry/ferry.yaml)")
+	pf.DurationVar(&a.timeout, "timeout", 0, "give up after this long (0: never; a migration already running is never aborted by it)")
+	root.AddCommand(a.liveMigrateCmd(), a.migrationCmd(), a.drainCmd(), a.planCmd(), a.journalCmd())
+	return root
 }

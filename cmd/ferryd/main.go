@@ -2,6 +2,7 @@
 // live-migration RPCs for this compute host and runs the migrations.
 //
 //	ferryd --config /etc/ferry/ferryd.yaml
+//	ferryd cutover --config /etc/ferry/ferryd.yaml [--dry-run] to-companion|to-stock
 //
 // SIGTERM (or SIGINT) stops taking RPCs, lets the ones in flight finish and
 // detaches from running migrations; the next start re-attaches to them.
@@ -14,7 +15,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
@@ -22,10 +23,9 @@ import (
 	"golang.org/x/term"
 
 	"opendev.org/x/ferry/config"
+	"opendev.org/x/ferry/pkg/errdefs"
 	"opendev.org/x/ferry/pkg/migration"
-	"opendev.org/x/ferry/pkg/openstack"
 	"opendev.org/x/ferry/pkg/virt"
-	"opendev.org/x/ferry/rpc/nova"
 	"opendev.org/x/ferry/rpc/oslo"
 )
 
@@ -34,6 +34,9 @@ var version = "dev" // set with -ldflags "-X main.version=..."
 var _ migration.Hypervisor = (*virt.Conn)(nil)
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "cutover" {
+		os.Exit(cutoverMain(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	path := flag.String("config", "/etc/ferry/ferryd.yaml", "configuration file")
 	showVersion := flag.Bool("version", false, "print the version and exit")
 	flag.Parse()
@@ -67,72 +70,46 @@ func newLogger(c config.Log) *logrus.Entry {
 	return logrus.NewEntry(l).WithField("service", "ferryd")
 }
 
+// run serves until ctx ends. Nothing in the start waits for the broker:
+// the engine re-attaches to journalled migrations and monitors them while
+// RabbitMQ is unreachable, and RPC serving begins when it answers.
 func run(ctx context.Context, cfg config.Config, log *logrus.Entry) error {
-	url, err := oslo.ParseTransportURL(cfg.TransportURL)
-	if err != nil {
-		return err
-	}
 	log = log.WithField("host", cfg.Host)
-	log.WithFields(logrus.Fields{"version": version, "broker": url.String(), "libvirt": cfg.LibvirtURI}).Info("starting")
-	queues := oslo.QueueOptions{Durable: cfg.Oslo.DurableQueues, AutoDelete: cfg.Oslo.AutoDelete,
-		Quorum: cfg.Oslo.QuorumQueue, HA: cfg.Oslo.HAQueues}
-	cctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	client, err := oslo.NewClient(cctx, oslo.ClientOptions{URL: url, Exchange: cfg.ControlExchange,
-		Timeout: cfg.Oslo.ResponseTimout.D(), Heartbeat: cfg.Oslo.Heartbeat.D(), Queues: queues, Log: log})
-	cancel()
+	d, err := wire(cfg, log)
 	if err != nil {
 		return err
 	}
-	defer client.Close()
-
-	dialer := func(ctx context.Context, uri string) (*virt.Conn, error) { return virt.Dial(ctx, uri, virt.Timeouts{}) }
-	peers := map[string]nova.Peer{}
-	for h, p := range cfg.Peers {
-		peers[h] = nova.Peer{Management: p.Management, TLSName: p.TLSName, LibvirtURI: p.LibvirtURI}
+	defer d.client.Close()
+	if d.notifier != nil {
+		defer d.notifier.Close()
 	}
-	m := cfg.Migration
-	var allocations nova.Allocations
-	if p := cfg.Placement; p.AuthType != "none" {
-		allocations = openstack.NewPlacement(openstack.Auth{AuthType: p.AuthType, AuthURL: p.AuthURL, Username: p.Username,
-			Password: p.Password, ProjectName: p.ProjectName, UserDomainName: p.UserDomainName,
-			ProjectDomainName: p.ProjectDomainName, RegionName: p.RegionName, Interface: p.ValidInterfaces,
-			EndpointOverride: p.EndpointOverride}, cfg.Oslo.ResponseTimout.D())
-	} else {
-		log.Warn("placement.auth_type is none: the allocations a live migration holds are not settled; each migration leaves Nova's usage of its source host wrong until an operator fixes it")
-	}
-	compute := nova.NewCompute(nova.Options{
-		Host: cfg.Host, InstancesPath: cfg.InstancesPath, ImageCache: filepath.Join(cfg.InstancesPath, cfg.ImageCacheDir), InboundAddr: cfg.InboundAddr, Peers: peers,
-		Scheme: m.Scheme, NativeTLS: m.NativeTLS, Bandwidth: uint64(m.Bandwidth), Parallel: m.ParallelConns,
-		Policy: migration.Policy{DowntimeBudget: time.Duration(m.Downtime) * time.Millisecond,
-			InitialDowntime: m.InitialDowntime.D(), StallLimit: m.StallLimit.D(), TimeoutAction: m.TimeoutAction,
-			PostCopy: m.PermitPostCopy, AutoConverge: m.PermitAutoConv, AutoConvergeGrace: m.AutoConvergeGrace.D(),
-			Pause: m.PermitPause},
-		CompletionPerGiB: time.Duration(m.CompletionTimeout) * time.Second, MaxInbound: m.MaxInbound,
-		InboundHold: m.InboundHold.D(), CallTimeout: cfg.Oslo.ResponseTimout.D(), LongTimeout: cfg.Oslo.LongTimeout.D(),
-		Log: log.WithField("component", "compute"), Placement: allocations,
-	},
-		func(ctx context.Context) (nova.Libvirt, error) { return dialer(ctx, cfg.LibvirtURI) },
-		func(ctx context.Context, uri string) (nova.Libvirt, error) { return dialer(ctx, uri) },
-		client)
-	engine, err := migration.NewManager(migration.Options{StateDir: cfg.StateDir, LocalURI: cfg.LibvirtURI,
-		Dial:  func(ctx context.Context, uri string) (migration.Hypervisor, error) { return dialer(ctx, uri) },
-		Hooks: compute, MaxOutbound: m.MaxConcurrent, Log: log.WithField("component", "engine")})
-	if err != nil {
-		return err
-	}
-	compute.SetEngine(engine)
-	srv, err := oslo.NewServer(oslo.ServerOptions{URL: url, Exchange: cfg.ControlExchange, Server: cfg.Host,
-		Queues: queues, Prefetch: cfg.Oslo.Prefetch, Heartbeat: cfg.Oslo.Heartbeat.D(), Failure: nova.Failure,
-		Log: log}, compute.Handler())
-	if err != nil {
-		return err
-	}
+	log.WithFields(logrus.Fields{"version": version, "broker": d.broker, "broker_tls": d.brokerTLS, "libvirt": cfg.LibvirtURI}).Info("starting")
 
 	engineCtx, detach := context.WithCancel(context.Background())
-	engineDone := make(chan error, 1)
-	go func() { engineDone <- engine.Run(engineCtx) }() // owner: run (waits below)
+	var bg sync.WaitGroup
+	bg.Go(func() { _ = d.engine.Run(engineCtx) })
+	if d.heartbeat != nil { // native mode: ferryd is the host's compute service
+		bg.Go(func() { d.heartbeat.Run(engineCtx) })
+	}
+	if d.status != nil { // stops after the RPCs, with the engine
+		bg.Go(func() {
+			if err := d.status.Serve(engineCtx); err != nil {
+				log.WithError(err).Error("status API stopped")
+			}
+		})
+	}
+	if cfg.Mode == "companion" {
+		if err := companionChecks(ctx, cfg, log); err != nil {
+			detach()
+			bg.Wait()
+			if ctx.Err() != nil {
+				return nil // stopped while waiting
+			}
+			return err
+		}
+	}
 	serveDone := make(chan error, 1)
-	go func() { serveDone <- srv.Serve(context.Background()) }() // owner: run (waits below)
+	go func() { serveDone <- d.server.Serve(context.Background()) }() // owner: run (waits below)
 
 	var serveErr error
 	select {
@@ -141,7 +118,7 @@ func run(ctx context.Context, cfg config.Config, log *logrus.Entry) error {
 	case serveErr = <-serveDone:
 	}
 	sctx, cancelShutdown := context.WithTimeout(context.Background(), 30*time.Second)
-	if err := srv.Shutdown(sctx); err != nil {
+	if err := d.server.Shutdown(sctx); err != nil {
 		log.WithError(err).Warn("in-flight RPCs did not finish in 30s")
 	}
 	cancelShutdown()
@@ -149,10 +126,51 @@ func run(ctx context.Context, cfg config.Config, log *logrus.Entry) error {
 		serveErr = <-serveDone
 	}
 	detach()
-	<-engineDone
+	bg.Wait()
 	if errors.Is(serveErr, oslo.ErrServerClosed) {
 		log.Info("stopped; running migrations continue in libvirt and are re-attached at the next start")
 		return nil
 	}
 	return serveErr
+}
+
+// companionGrace is how long a missing private exchange or queue of
+// nova-compute's is waited for at start (nova-compute may be starting
+// beside ferryd); a missing policy is refused at once.
+const companionGrace = time.Minute
+
+// companionChecks refuses to serve a host that was not cut over
+// (oslo.CheckCompanion). While the broker is unreachable it waits, as
+// serving would.
+func companionChecks(ctx context.Context, cfg config.Config, log *logrus.Entry) error {
+	url, err := oslo.ParseTransportURL(cfg.TransportURL)
+	if err != nil {
+		return err
+	}
+	c := oslo.CompanionCheck{URL: url, TLS: cfg.Oslo.TLS(), Exchange: cfg.ControlExchange, NovaComputeExchange: cfg.NovaComputeExchange(),
+		NovaComputeQueue: "compute." + cfg.Host}
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	grace := time.Now().Add(companionGrace)
+	for {
+		err := oslo.CheckCompanion(ctx, c)
+		switch {
+		case err == nil:
+			log.WithField("exchange", c.NovaComputeExchange).Info("companion checks passed: the alternate-exchange policy routes nova-compute's messages to " + cfg.ControlExchange)
+			return nil
+		case errors.Is(err, oslo.ErrNoAlternate):
+			return err
+		case errors.Is(err, errdefs.ErrUnavailable):
+			log.WithError(err).Warn("companion checks: broker unreachable; retrying")
+		case errors.Is(err, errdefs.ErrNotFound) && time.Now().Before(grace):
+			log.WithError(err).Warn("companion checks: waiting for nova-compute")
+		default:
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
 }

@@ -1,12 +1,17 @@
-// Command demo is `make demo`, ferry's main job: it brings up the two-host
-// lab, starts a ferryd on each host, boots a guest on host A that dirties a
-// 64 MiB working set faster than the 50 MiB/s migration cap, and has the
-// live migration started exactly as a Zed conductor starts it
-// (python3-nova's ComputeAPI: check_can_live_migrate_destination to B, then
-// the live_migration cast to A). It prints the conductor's view while the
-// migration runs and the result, then tears the lab down. Its last line:
+// Command demo is `make demo`, ferry's main job as an operator meets it: a
+// real OpenStack (integration/stack: Debian 12's Zed — Keystone, Glance,
+// Placement, Neutron with linuxbridge, nova-api, conductor, scheduler, and
+// a stock nova-compute on each of the lab's two libvirt hosts) with ferryd
+// in companion mode beside each nova-compute, cut over by ferry's own
+// command. A server booted through Nova's API dirties memory; the live
+// migration is started through Nova's API (`openstack server migrate
+// --live-migration`); the API's view is printed while it runs, then what
+// ferry did and the result. Its last line:
 //
-//	demo: status=completed downtime_ms=… total_s=… heartbeat=continuous
+//	demo: status=… downtime_ms=… total_s=… heartbeat=continuous|broken mode=companion via=nova-api
+//
+// A stack that is already running (`make stack`) is used and left running;
+// otherwise the demo starts one and takes it down at the end.
 package main
 
 import (
@@ -15,8 +20,9 @@ import (
 	"os"
 	"time"
 
-	"opendev.org/x/ferry/integration/ferrylab"
-	"opendev.org/x/ferry/integration/lab"
+	"opendev.org/x/ferry/integration/stack"
+	"opendev.org/x/ferry/pkg/migration"
+	"opendev.org/x/ferry/pkg/virt"
 )
 
 func main() {
@@ -24,112 +30,119 @@ func main() {
 	logf := func(f string, a ...any) {
 		fmt.Printf("[%5.1fs] %s\n", time.Since(start).Seconds(), fmt.Sprintf(f, a...))
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
 	defer cancel()
-	l, err := lab.Start(ctx, lab.Options{Logf: logf})
+	logf("starting the stack (the first start on a machine initialises the databases: a few minutes)")
+	st, err := stack.Acquire(ctx, stack.Options{Logf: logf})
 	if err != nil {
+		fmt.Println("demo: status=error downtime_ms=0 total_s=0 heartbeat=broken mode=companion via=nova-api")
 		fmt.Fprintln(os.Stderr, "demo:", err)
 		os.Exit(1)
 	}
-	line, ok := run(ctx, l, logf)
-	l.Close()
+	line, ok := run(ctx, st, logf)
+	st.Close()
 	fmt.Println(line)
 	if !ok {
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, l *lab.Lab, logf func(string, ...any)) (string, bool) {
+func run(ctx context.Context, st *stack.Stack, logf func(string, ...any)) (string, bool) {
 	failed := func(err error) (string, bool) {
 		logf("error: %v", err)
-		return fmt.Sprintf("demo: status=error downtime_ms=0 total_s=0 heartbeat=broken (%v)", err), false
+		return fmt.Sprintf("demo: status=error downtime_ms=0 total_s=0 heartbeat=broken mode=companion via=nova-api (%v)", err), false
 	}
-	a, b := l.Host("a"), l.Host("b")
-	logf("starting ferryd on %s and %s, and the python3-nova conductor stand-in", a.Hostname, b.Hostname)
-	env, err := ferrylab.Start(ctx, l, ferrylab.Options{Logf: logf,
-		Migration: "  live_migration_downtime: 2000\n  live_migration_bandwidth: 50"})
-	if err != nil {
-		return failed(err)
-	}
-	defer env.Close()
-	logf("booting a guest on %s (384 MiB RAM, TCG)", a.Hostname)
-	g, err := l.StartGuest(ctx, a, lab.GuestSpec{Name: "demo-vm", MemMiB: 384})
-	if err != nil {
-		return failed(err)
-	}
-	if err := l.SetDirty(ctx, a, g, 64, 100); err != nil {
-		return failed(err)
-	}
-	logf("the guest dirties a 64 MiB working set at 100 MiB/s; the migration is capped at 50 MiB/s, budget 2 s downtime")
-	dstOff := g.LogOffset(b)
-	const id = 1
-	migUUID := "5f3c2a10-7e4b-4d8e-a1c2-000000000001"
-	logf("conductor: check_can_live_migrate_destination → %s, then live_migration cast → %s", b.Hostname, a.Hostname)
-	if err := env.Conductor.Send(map[string]any{"op": "migrate", "uuid": g.UUID, "name": g.Spec.Name,
-		"source": a.Hostname, "dest": b.Hostname, "migration_id": id, "migration_uuid": migUUID}); err != nil {
-		return failed(err)
-	}
-	last := ""
-	_, err = env.Conductor.Next(ctx, 10*time.Minute, func(e ferrylab.Event) bool {
-		switch {
-		case e.Str("event") == "precheck_ok":
-			logf("pre-checks passed on both hosts")
-		case e.Str("event") == "precheck_failed":
-			last = "refused"
-			logf("pre-check refused: %s: %s", e.Str("class"), e.Str("message"))
-			return true
-		case e.Str("object") == "Migration" && e.Str("method") == "save":
-			f, _ := e["fields"].(map[string]any)
-			if s, ok := f["status"].(string); ok {
-				last = s
-				logf("Migration.status = %s", s)
-				return s == "completed" || s == "failed" || s == "cancelled" || s == "error"
-			}
-			if mp, ok := f["memory_processed"].(float64); ok && (mp > 0 || f["disk_processed"] != 0.0) {
-				mt, _ := f["memory_total"].(float64)
-				mr, _ := f["memory_remaining"].(float64)
-				dp, _ := f["disk_processed"].(float64)
-				dt, _ := f["disk_total"].(float64)
-				logf("progress: memory %d/%d MiB sent, %d MiB remaining; disk %d/%d MiB", int(mp)>>20, int(mt)>>20, int(mr)>>20, int(dp)>>20, int(dt)>>20)
-			}
-		case e.Str("object") == "Instance" && e.Str("method") == "save":
-			if f, _ := e["fields"].(map[string]any); f["host"] != nil {
-				logf("Instance.host = %v (saved by the destination)", f["host"])
+	fs := map[string]*stack.Ferryd{}
+	defer func() {
+		for _, f := range fs {
+			if err := st.ToStock(context.Background(), f); err != nil {
+				logf("back to the stock shape: %v", err)
 			}
 		}
-		return false
-	})
+	}()
+	for _, h := range []string{"lab-a", "lab-b"} {
+		logf("%s: ferryd cutover to-companion (nova-compute moves to its own exchange; ferryd takes the host's queue), then ferryd", h)
+		f, err := st.ToCompanion(ctx, h, stack.FerrydOptions{Migration: "  live_migration_downtime: 2000\n  live_migration_permit_post_copy: true\n  live_migration_permit_auto_converge: true"})
+		if err != nil {
+			return failed(err)
+		}
+		fs[h] = f
+	}
+	a, err := st.API(ctx)
 	if err != nil {
 		return failed(err)
 	}
-	downtime, total := 0.0, 0.0
-	if j, err := env.Ferryd["a"].Journal(migUUID); err == nil {
-		rec, _ := j["record"].(map[string]any)
-		downtime, _ = rec["downtime"].(float64)
-		total, _ = rec["total"].(float64)
-		if acts, ok := rec["actions"].([]any); ok {
-			for _, x := range acts {
-				a := x.(map[string]any)
-				logf("ferry acted at %.1fs: %v %v", a["at"].(float64)/1e9, a["action"], a["reason"])
-			}
+	logf("openstack server create: a guest with a Neutron port on lab-a that dirties a 64 MiB working set at 32 MiB/s")
+	sv, err := st.Boot(ctx, fmt.Sprintf("demo-%d", time.Now().Unix()), "dirty", st.Flavors.Small, "lab-a")
+	if err != nil {
+		return failed(err)
+	}
+	defer func() {
+		if err := a.DeleteServer(context.Background(), sv.ID); err != nil {
+			logf("delete the server: %v", err)
 		}
+	}()
+	logf("server %s ACTIVE on %s", sv.ID, sv.Host)
+	con, err := stack.OpenConsole(ctx, st.Host("lab-a").ConsoleLog(sv.ID), time.Minute)
+	if err != nil {
+		return failed(err)
+	}
+	if _, err := con.Wait(ctx, 20, 3*time.Minute); err != nil {
+		return failed(err)
+	}
+	con.Close()
+	const capMiBps = 16
+	if err := st.CapMigration(ctx, capMiBps); err != nil {
+		return failed(err)
+	}
+	defer func() { _ = st.CapMigration(context.Background(), 0) }()
+	logf("the migration network is capped at %d MiB/s (below the guest's dirty rate); ferry's downtime budget is 2 s, post-copy and auto-converge permitted", capMiBps)
+	logf("openstack server migrate --live-migration --host lab-b %s", sv.ID)
+	var lastPrint time.Duration
+	m, err := st.LiveMigrateWith(ctx, sv.ID, "lab-b", 15*time.Minute, stack.MigrateOptions{
+		Sample: func(at time.Duration, _ virt.JobStats) {
+			if at-lastPrint < 2*time.Second {
+				return
+			}
+			lastPrint = at
+			ms, err := a.Migrations(ctx, sv.ID)
+			if err != nil || len(ms) == 0 {
+				return
+			}
+			r := ms[0]
+			if ip, err := a.InProgress(ctx, sv.ID, r.ID); err == nil { // the byte counts: the in-progress view only
+				r = ip
+			}
+			logf("Nova's API: migration %d %s; memory %s processed of %s; disk %s of %s", r.ID, r.Status,
+				mib(r.MemoryProcessed), mib(r.MemoryTotal), mib(r.DiskProcessed), mib(r.DiskTotal))
+		}})
+	if err != nil {
+		return failed(err)
+	}
+	logf("Nova's API: migration %d %s; server on %s", m.Migration.ID, m.Migration.Status, m.To)
+	j, err := migration.ReadEntry(fs["lab-a"].StateDir, m.Migration.UUID)
+	if err != nil {
+		return failed(fmt.Errorf("ferry's journal on lab-a: %w", err))
+	}
+	logf("ferry ran it (journal on lab-a): %s, copy: %s", j.Phase, j.Prep.CopyNote)
+	for _, act := range j.Record.Actions {
+		logf("ferry acted at %.1fs: %s %s", act.At.Seconds(), act.Action, act.Reason)
 	}
 	hb := "continuous"
-	if last == "completed" {
-		src, _ := g.Heartbeats(a)
-		dst, err := l.BeatsAfter(ctx, b, g, dstOff, 20, time.Minute)
-		if err == nil {
-			err = lab.Continuity(src, dst)
-		}
-		if err != nil {
-			hb = "broken"
-			logf("heartbeat: %v", err)
-		} else {
-			logf("heartbeat continues on %s: n=%d → n=%d, same boot id %s", b.Hostname, src[len(src)-1].N, dst[0].N, dst[0].Boot)
-		}
-	} else {
+	if m.Continuity != nil {
 		hb = "broken"
+		logf("heartbeat: %v", m.Continuity)
+	} else if len(m.Src) > 0 && len(m.Dst) > 0 {
+		logf("heartbeat continues on lab-b: n=%d → n=%d, same boot id %s", m.Src[len(m.Src)-1].N, m.Dst[0].N, m.Dst[0].Boot)
 	}
-	line := fmt.Sprintf("demo: status=%s downtime_ms=%d total_s=%.1f heartbeat=%s", last, int64(downtime/1e6), total/1e9, hb)
-	return line, last == "completed" && hb == "continuous"
+	line := fmt.Sprintf("demo: status=%s downtime_ms=%d total_s=%.1f heartbeat=%s mode=companion via=nova-api",
+		m.Migration.Status, j.Record.Downtime.Milliseconds(), j.Record.Total.Seconds(), hb)
+	return line, m.Migration.Status == "completed" && hb == "continuous"
+}
+
+func mib(p *int64) string {
+	if p == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%d MiB", *p>>20)
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,28 +21,54 @@ import (
 )
 
 // labHooks prepares the destination the way pre_live_migration would (the
-// local disk pre-created, same format and size) and undoes it on rollback.
+// local disk pre-created, same format and size) and undoes it when a phase
+// owes a rollback; every other report is logged.
 type labHooks struct {
-	t        *testing.T
-	g        *lab.Guest
-	to       *lab.Host
+	t  *testing.T
+	g  *lab.Guest
+	to *lab.Host
+
+	mu       sync.Mutex
 	finishes int
+	samples  []time.Time // when Progress was called
 }
 
-func (h *labHooks) Prepare(ctx context.Context, m *migration.Migration) error {
-	return theLab.PrecreateDisk(ctx, h.to, h.g)
+func (h *labHooks) Prepare(ctx context.Context, m migration.Migration) (migration.Preparation, error) {
+	return migration.Preparation{MigrationAddr: h.to.Mig.String(), Copy: virt.CopyFull, CopyNote: "full: lab"},
+		theLab.PrecreateDisk(ctx, h.to, h.g)
 }
-func (h *labHooks) Rollback(_ context.Context, m *migration.Migration, cause string) {
-	os.Remove(h.to.Path(h.g.LocalDisk))
+
+func (h *labHooks) Reports(m migration.Migration, from, to migration.Phase) []string {
+	switch to {
+	case migration.PhaseCompleted:
+		return []string{"finish"}
+	case migration.PhaseFailed, migration.PhaseCancelled:
+		return []string{"rollback"}
+	}
+	return []string{"phase"}
 }
-func (h *labHooks) Finish(context.Context, *migration.Migration) error { h.finishes++; return nil }
-func (h *labHooks) Phase(_ context.Context, m *migration.Migration) {
-	h.t.Logf("phase %s %s", m.Phase, m.Reason)
+
+func (h *labHooks) Deliver(_ context.Context, m migration.Migration, r migration.Report) error {
+	h.t.Logf("report %s: phase %s %s", r.Name, r.Phase, r.Reason)
+	switch r.Name {
+	case "finish":
+		h.mu.Lock()
+		h.finishes++
+		h.mu.Unlock()
+	case "rollback":
+		os.Remove(h.to.Path(h.g.LocalDisk))
+	}
+	return nil
 }
-func (h *labHooks) Progress(_ context.Context, m *migration.Migration, js virt.JobStats) {
+
+func (h *labHooks) Progress(_ context.Context, m migration.Migration, js virt.JobStats) error {
+	h.mu.Lock()
+	h.samples = append(h.samples, time.Now())
+	h.mu.Unlock()
 	h.t.Logf("progress: iteration %d memory %d/%d MiB remaining %d MiB disk %d/%d MiB %.1f MiB/s",
 		js.MemIteration, js.MemProcessed>>20, js.MemTotal>>20, js.MemRemaining>>20, js.DiskProcessed>>20, js.DiskTotal>>20,
 		float64(js.MemBps)/(1<<20))
+	return nil
 }
 
 func dial(ctx context.Context, uri string) (migration.Hypervisor, error) {
@@ -49,6 +76,7 @@ func dial(ctx context.Context, uri string) (migration.Hypervisor, error) {
 }
 
 type run struct {
+	g        *lab.Guest
 	from, to *lab.Host
 	m        *migration.Manager
 	hooks    *labHooks
@@ -61,10 +89,15 @@ type run struct {
 // start begins a migration of the package's guest through the engine.
 func start(t *testing.T, policy migration.Policy, bandwidth uint64, stateDir string) *run {
 	t.Helper()
+	return startGuest(t, guest(t), policy, bandwidth, stateDir)
+}
+
+// startGuest begins a migration of g through the engine.
+func startGuest(t *testing.T, g *lab.Guest, policy migration.Policy, bandwidth uint64, stateDir string) *run {
+	t.Helper()
 	ctx := context.Background()
-	g := guest(t)
 	from, to := where(t, g)
-	r := &run{from: from, to: to, hooks: &labHooks{t: t, g: g, to: to}, id: fmt.Sprintf("%s-%d", t.Name(), time.Now().UnixNano())}
+	r := &run{g: g, from: from, to: to, hooks: &labHooks{t: t, g: g, to: to}, id: fmt.Sprintf("%s-%d", t.Name(), time.Now().UnixNano())}
 	r.id = strings.NewReplacer("/", "-", " ", "-").Replace(r.id)
 	if stateDir == "" {
 		stateDir = t.TempDir()
@@ -87,15 +120,12 @@ func start(t *testing.T, policy migration.Policy, bandwidth uint64, stateDir str
 		t.Fatal(err)
 	}
 	sel := disks.Select(all, []disks.Volume{{ID: g.LoopSerial}, {ID: g.NBDSerial}}, nil)
-	uris, err := hostnet.For(hostnet.Dest{Host: to.Hostname, Mgmt: to.Mgmt.String(), Migration: to.Mig.String()}, false)
-	if err != nil {
-		t.Fatal(err)
-	}
 	r.srcOff, r.dstOff = g.LogOffset(from), g.LogOffset(to)
-	req := migration.Request{ID: r.id, Domain: g.Spec.Name, InstanceUUID: g.UUID, DestHost: to.Hostname,
-		DestCheckURI: to.URI(), Policy: policy,
-		Spec: virt.MigrateSpec{DestURI: uris.Control, MigrateURI: uris.Migrate, DisksURI: uris.Disks,
-			Disks: sel.Copy, Copy: virt.CopyFull, Bandwidth: bandwidth, AutoConvergeIni: ifAC(policy, 60), AutoConvergeInc: ifAC(policy, 20)}}
+	if policy.AutoConverge {
+		policy.AutoConvergeInitial, policy.AutoConvergeIncrement = 60, 20
+	}
+	req := migration.Request{ID: r.id, InstanceUUID: g.UUID, Dest: hostnet.Dest{Host: to.Hostname, Mgmt: to.Mgmt.String()},
+		DestCheckURI: to.URI(), Policy: policy, Job: migration.Job{Disks: sel.Copy, Bandwidth: bandwidth}}
 	if _, err := r.m.Start(ctx, req); err != nil {
 		t.Fatal(err)
 	}
@@ -103,17 +133,10 @@ func start(t *testing.T, policy migration.Policy, bandwidth uint64, stateDir str
 	return r
 }
 
-func ifAC(p migration.Policy, v int) int {
-	if p.AutoConverge {
-		return v
-	}
-	return 0
-}
-
-func newManager(t *testing.T, dir string, from *lab.Host, hooks migration.Hooks) *migration.Manager {
+func newManager(t *testing.T, dir string, from *lab.Host, hooks *labHooks) *migration.Manager {
 	l := logrus.New()
 	l.SetOutput(logWriter{t})
-	m, err := migration.NewManager(migration.Options{StateDir: dir, LocalURI: from.URI(), Dial: dial, Hooks: hooks,
+	m, err := migration.NewManager(migration.Options{StateDir: dir, LocalURI: from.URI(), Dial: dial, Destination: hooks, Records: hooks,
 		Log: logrus.NewEntry(l), PostcopyRecovery: 45 * time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -136,12 +159,12 @@ func runManager(m *migration.Manager) (stop func()) {
 	return func() { cancel(); <-done }
 }
 
-// wait waits for the migration to end.
+// wait waits for the migration to end and its reports to be delivered.
 func (r *run) wait(t *testing.T, timeout time.Duration) migration.Migration {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		if s, _ := r.m.Status(r.id); s.Phase.Terminal() {
+		if s, _ := r.m.Status(r.id); s.Phase.Terminal() && s.Pending() == 0 {
 			t.Logf("ended %s (%s): total %v downtime %v memory %d MiB disk %d MiB iterations %d B %.1f MiB/s F %.1f MiB stalls %d",
 				s.Phase, s.Reason, s.Record.Total, s.Record.Downtime, s.Record.MemBytes>>20, s.Record.DiskBytes>>20,
 				s.Record.Iterations, s.Record.Bandwidth/(1<<20), float64(s.Record.Floor)/(1<<20), s.Record.Stalls)
@@ -162,7 +185,7 @@ func (r *run) wait(t *testing.T, timeout time.Duration) migration.Migration {
 func (r *run) moved(t *testing.T) {
 	t.Helper()
 	ctx := context.Background()
-	g := guest(t)
+	g := r.g
 	src, err := g.Heartbeats(r.from)
 	if err != nil {
 		t.Fatal(err)
@@ -175,7 +198,7 @@ func (r *run) moved(t *testing.T) {
 		t.Errorf("heartbeat: %v", err)
 	}
 	if c, err := r.from.Dial(ctx); err == nil {
-		if _, err := c.DomainState(ctx, g.Spec.Name); err == nil {
+		if _, err := c.DomainState(ctx, g.UUID); err == nil {
 			t.Error("the source still has the domain")
 		}
 		c.Close()
@@ -187,7 +210,7 @@ func (r *run) moved(t *testing.T) {
 func (r *run) stayed(t *testing.T) {
 	t.Helper()
 	ctx := context.Background()
-	g := guest(t)
+	g := r.g
 	before, _ := g.Heartbeats(r.from)
 	off := g.LogOffset(r.from)
 	after, err := theLab.BeatsAfter(ctx, r.from, g, off, 20, time.Minute)
@@ -202,7 +225,7 @@ func (r *run) stayed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if st, err := c.DomainState(ctx, g.Spec.Name); err == nil {
+	if st, err := c.DomainState(ctx, g.UUID); err == nil {
 		t.Errorf("the destination still has the domain (%v)", st.State)
 	}
 }

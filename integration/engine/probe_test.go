@@ -42,7 +42,7 @@ func TestProbeJobSurvivesConnectionClose(t *testing.T) {
 	}
 	defer ctl.Close()
 
-	waitMoving(t, &run{from: from}, 8<<20)
+	waitMoving(t, &run{g: g, from: from}, 8<<20)
 	before, err := ctl.JobStats(ctx, g.Spec.Name, false)
 	if err != nil {
 		t.Fatal(err)
@@ -96,5 +96,5 @@ func TestProbeJobSurvivesConnectionClose(t *testing.T) {
 	if err := ctl.Control(ctx, g.Spec.Name, virt.Control{Op: virt.OpUndefine}); err != nil {
 		t.Errorf("undefine the source: %v", err)
 	}
-	(&run{from: from, to: to, dstOff: dstOff}).moved(t)
+	(&run{g: g, from: from, to: to, dstOff: dstOff}).moved(t)
 }

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -40,6 +41,45 @@ type Env struct {
 	o         Options
 	bin       string
 	drop      func()
+	broker    rabbit.Broker
+	vhost     string
+}
+
+// Secrets the environment plants: the ferryds' broker password and the
+// token in every request context the conductor stand-in sends. Neither may
+// appear in any log, journal or CLI output.
+const (
+	TestPassword = "s3cr/t?#pw,@x"
+	TestToken    = "gAAAAAferry-test-token-9f8e7d"
+)
+
+// CheckSecrets reads every file the environment's processes wrote (logs,
+// journals, the conductor's log) and returns the places where a planted
+// secret appears.
+func (e *Env) CheckSecrets() []string {
+	var leaks []string
+	paths := []string{filepath.Join(lab.WorkDir, "conductor.log"), cliLog()}
+	for _, f := range e.Ferryd {
+		paths = append(paths, f.Log)
+		filepath.Walk(f.StateDir, func(p string, fi os.FileInfo, err error) error {
+			if err == nil && !fi.IsDir() {
+				paths = append(paths, p)
+			}
+			return nil
+		})
+	}
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		for _, s := range []string{TestPassword, url.QueryEscape(TestPassword), url.PathEscape(TestPassword), TestToken} {
+			if strings.Contains(string(b), s) {
+				leaks = append(leaks, fmt.Sprintf("%s contains %q", p, s))
+			}
+		}
+	}
+	return leaks
 }
 
 // Ferryd is one host's daemon.
@@ -48,8 +88,12 @@ type Ferryd struct {
 	Config   string // path
 	StateDir string
 	Log      string // path of its log
-	env      *Env
-	proc     *lab.Proc
+	// Broker is this ferryd's own way to RabbitMQ: cutting it partitions
+	// this ferryd from the broker, and no other process.
+	Broker *Proxy
+	env    *Env
+	proc   *lab.Proc
+	start  int64 // the log's size when the daemon last started
 }
 
 func srcDir() string {
@@ -75,7 +119,16 @@ func Start(ctx context.Context, l *lab.Lab, o Options) (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
-	e := &Env{Lab: l, URL: b.URL(vh), Ferryd: map[string]*Ferryd{}, o: o, drop: drop, bin: filepath.Join(lab.WorkDir, "ferryd")}
+	// The ferryds log in as a user of their own whose password has every
+	// character a transport URL must escape: no log line, journal or CLI
+	// output may ever show it (CheckSecrets).
+	fb, dropUser, err := rabbit.NewUser(ctx, b, vh, fmt.Sprintf("ferryd-%d", os.Getpid()), TestPassword)
+	if err != nil {
+		drop()
+		return nil, err
+	}
+	e := &Env{Lab: l, URL: b.URL(vh), Ferryd: map[string]*Ferryd{}, o: o, bin: filepath.Join(lab.WorkDir, "ferryd"),
+		broker: fb, vhost: vh, drop: func() { dropUser(); drop() }}
 	ok := false
 	defer func() {
 		if !ok {
@@ -99,13 +152,16 @@ func Start(ctx context.Context, l *lab.Lab, o Options) (*Env, error) {
 	for _, h := range l.Hosts {
 		f := &Ferryd{Host: h, env: e, StateDir: filepath.Join(lab.WorkDir, "ferryd-"+h.Name),
 			Config: filepath.Join(lab.WorkDir, "ferryd-"+h.Name+".yaml"), Log: filepath.Join(lab.WorkDir, "ferryd-"+h.Name+".log")}
-		if err := os.WriteFile(f.Config, []byte(e.config(h)), 0o600); err != nil {
+		if f.Broker, err = NewProxy(b.Host); err != nil {
+			return nil, err
+		}
+		e.Ferryd[h.Name] = f
+		if err := os.WriteFile(f.Config, []byte(e.config(h, f.Broker.Addr())), 0o600); err != nil {
 			return nil, err
 		}
 		if err := f.Start(ctx); err != nil {
 			return nil, err
 		}
-		e.Ferryd[h.Name] = f
 	}
 	if e.Conductor, err = startConductor(ctx, e.URL, o.Logf); err != nil {
 		return nil, err
@@ -114,9 +170,11 @@ func Start(ctx context.Context, l *lab.Lab, o Options) (*Env, error) {
 	return e, nil
 }
 
-func (e *Env) config(h *lab.Host) string {
+func (e *Env) config(h *lab.Host, broker string) string {
+	b := e.broker
+	b.Host = broker
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "version: 1\nhost: %s\ntransport_url: %q\nlibvirt_uri: qemu:///system\n", h.Hostname, e.URL)
+	fmt.Fprintf(&sb, "version: 1\nhost: %s\ntransport_url: %q\nlibvirt_uri: qemu:///system\n", h.Hostname, b.URL(e.vhost))
 	fmt.Fprintf(&sb, "live_migration_inbound_addr: %s\ninstances_path: %s\nstate_dir: %s\n", h.Mig, lab.InstancesPath,
 		filepath.Join(lab.WorkDir, "ferryd-"+h.Name))
 	sb.WriteString("peers:\n")
@@ -129,12 +187,24 @@ func (e *Env) config(h *lab.Host) string {
 	sb.WriteString("migration:\n" + e.o.Migration + "\n")
 	fmt.Fprintf(&sb, "placement:\n  auth_type: noauth\n  endpoint_override: %s\n", e.Placement.URL)
 	sb.WriteString("log:\n  level: debug\n  format: json\n")
+	// The lab's ferryds share the machine's network namespace: each takes a
+	// free loopback port for its status API (StatusURL reads it).
+	sb.WriteString("status:\n  listen: 127.0.0.1:0\n")
 	return sb.String()
 }
 
-// Start starts the daemon and waits until it consumes its queues.
+// Start starts the daemon and waits until it consumes its queues; a daemon
+// that runs already is left as it is.
 func (f *Ferryd) Start(ctx context.Context) error {
-	off := fileSize(f.Log)
+	if f.proc != nil {
+		select {
+		case <-f.proc.Done():
+		default:
+			return nil
+		}
+	}
+	off := FileSize(f.Log)
+	f.start = off
 	p, err := f.env.Lab.StartIn(f.Host, f.Log, f.env.bin, "--config", f.Config)
 	if err != nil {
 		return err
@@ -142,18 +212,18 @@ func (f *Ferryd) Start(ctx context.Context) error {
 	f.proc = p
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
-		if strings.Contains(tail(f.Log, off), `"msg":"consuming"`) {
+		if strings.Contains(Tail(f.Log, off), `"msg":"serving: every queue consumed"`) {
 			return nil
 		}
 		select {
 		case <-p.Done():
-			return fmt.Errorf("ferryd on %s exited: %s", f.Host.Name, tail(f.Log, off))
+			return fmt.Errorf("ferryd on %s exited: %s", f.Host.Name, Tail(f.Log, off))
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("ferryd on %s not consuming after 60s: %s", f.Host.Name, tail(f.Log, off))
+	return fmt.Errorf("ferryd on %s not consuming after 60s: %s", f.Host.Name, Tail(f.Log, off))
 }
 
 // Kill sends a signal and waits for the daemon to end.
@@ -174,8 +244,15 @@ func (f *Ferryd) Kill(sig syscall.Signal) error {
 // CLI runs the ferry command against this daemon's state directory.
 func (f *Ferryd) CLI(args ...string) (string, error) {
 	out, err := exec.Command(filepath.Join(lab.WorkDir, "ferry"), append(args, "--state-dir", f.StateDir)...).CombinedOutput()
+	if l, lerr := os.OpenFile(cliLog(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); lerr == nil {
+		fmt.Fprintf(l, "$ ferry %s\n%s\n", strings.Join(args, " "), out)
+		l.Close()
+	}
 	return string(out), err
 }
+
+// cliLog keeps every CLI output of the run, for CheckSecrets.
+func cliLog() string { return filepath.Join(lab.WorkDir, "cli.log") }
 
 // Journal reads the engine's journal entry of a migration (ferry's record).
 func (f *Ferryd) Journal(id string) (map[string]any, error) {
@@ -201,6 +278,11 @@ func (e *Env) Close() {
 			}
 		}
 	}
+	for _, f := range e.Ferryd {
+		if f.Broker != nil {
+			f.Broker.Close()
+		}
+	}
 	if e.Placement != nil {
 		e.Placement.Close()
 	}
@@ -209,7 +291,8 @@ func (e *Env) Close() {
 	}
 }
 
-func fileSize(p string) int64 {
+// FileSize is a file's size, 0 when it is missing.
+func FileSize(p string) int64 {
 	fi, err := os.Stat(p)
 	if err != nil {
 		return 0
@@ -217,7 +300,8 @@ func fileSize(p string) int64 {
 	return fi.Size()
 }
 
-func tail(p string, off int64) string {
+// Tail is a file from offset off on.
+func Tail(p string, off int64) string {
 	f, err := os.Open(p)
 	if err != nil {
 		return ""
@@ -226,6 +310,21 @@ func tail(p string, off int64) string {
 	f.Seek(off, 0)
 	b, _ := io.ReadAll(f)
 	return string(b)
+}
+
+// StatusURL is where the running daemon serves its status API and
+// /metrics, as its log's "status API serving" line says.
+func (f *Ferryd) StatusURL() (string, error) {
+	for range 50 {
+		for _, l := range strings.Split(Tail(f.Log, f.start), "\n") {
+			var e struct{ Msg, Listen string }
+			if json.Unmarshal([]byte(l), &e) == nil && e.Msg == "status API serving" && e.Listen != "" {
+				return "http://" + e.Listen, nil
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return "", fmt.Errorf("ferryd on %s: no \"status API serving\" line in its log", f.Host.Name)
 }
 
 // Event is one line the conductor stand-in printed.
@@ -245,7 +344,7 @@ type Conductor struct {
 }
 
 func startConductor(ctx context.Context, url string, logf func(string, ...any)) (*Conductor, error) {
-	cmd := exec.Command("/usr/bin/python3", filepath.Join(srcDir(), "py", "conductor.py"), url)
+	cmd := exec.Command("/usr/bin/python3", filepath.Join(srcDir(), "py", "conductor.py"), url, TestToken)
 	in, _ := cmd.StdinPipe()
 	out, _ := cmd.StdoutPipe()
 	stderr, err := os.Create(filepath.Join(lab.WorkDir, "conductor.log"))

@@ -420,16 +420,24 @@ func (g *Guest) heartbeatsFrom(h *Host, off int64) ([]Beat, error) {
 	var beats []Beat
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		m := beatRE.FindStringSubmatch(strings.TrimRight(sc.Text(), "\r"))
-		if m == nil {
-			continue
+		if b, ok := ParseBeat(sc.Text()); ok {
+			beats = append(beats, b)
 		}
-		n, _ := strconv.ParseUint(m[1], 10, 64)
-		d, _ := strconv.ParseUint(m[3], 10, 64)
-		r, _ := strconv.ParseFloat(m[4], 64)
-		beats = append(beats, Beat{N: n, Boot: m[2], Dirtied: d, Rate: r})
 	}
 	return beats, sc.Err()
+}
+
+// ParseBeat parses one console line; ok is false for anything but a
+// complete heartbeat line.
+func ParseBeat(line string) (b Beat, ok bool) {
+	m := beatRE.FindStringSubmatch(strings.TrimRight(line, "\r"))
+	if m == nil {
+		return Beat{}, false
+	}
+	n, _ := strconv.ParseUint(m[1], 10, 64)
+	d, _ := strconv.ParseUint(m[3], 10, 64)
+	r, _ := strconv.ParseFloat(m[4], 64)
+	return Beat{N: n, Boot: m[2], Dirtied: d, Rate: r}, true
 }
 
 // WaitHeartbeats waits until the guest has printed at least n heartbeats on h.

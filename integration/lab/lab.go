@@ -26,15 +26,40 @@ const (
 	CacheDir      = "/var/cache/ferry-lab"     // kernel package, guest image, QEMU caps (kept)
 	InstancesPath = "/var/lib/ferry/instances" // inside every host; not shared between hosts
 	lockFile      = "/run/ferry-lab.lock"
-	switchNetns   = "flab-sw"
-	storageAddr   = "198.18.0.2" // qemu-nbd listens here, on the management bridge
+	// LockWait bounds the wait for another lab run to end.
+	LockWait    = time.Hour
+	switchNetns = "flab-sw"
+	storageAddr = "198.18.0.2" // qemu-nbd listens here, on the management bridge
 )
 
 // Options configure Start. The zero value means two hosts, "a" and "b".
 type Options struct {
 	Hosts []string             // host names; default a, b
 	Logf  func(string, ...any) // progress lines; default prints to stderr
+	// RootMgmt gives the root network namespace an address on the
+	// management network (RootMgmtAddr, on interface RootMgmtIface), so
+	// that services listening there are reached from every host.
+	RootMgmt bool
+	// Mounts returns extra bind mounts for a host's mount namespace, made
+	// after the lab's own and before its libvirtd starts (in order; the
+	// caller creates sources and targets).
+	Mounts func(h *Host) []Mount
+	// BeforeTeardown runs at the start of the lab's teardown (Close, or
+	// the SIGINT/SIGTERM handler), before the lab's processes and
+	// namespaces go: a user that built on the lab (the stack) stops its
+	// own parts first. It must be safe to call more than once.
+	BeforeTeardown func()
 }
+
+// Mount is a bind mount into a host's mount namespace: Source is a path in
+// the root namespaces, Target the path inside the host.
+type Mount struct{ Source, Target string }
+
+// RootMgmtIface is the root namespaces' side of the management network (Options.RootMgmt).
+const RootMgmtIface = "flabmgmt0"
+
+// RootMgmtAddr is the root namespaces' management address (Options.RootMgmt).
+var RootMgmtAddr = netip.AddrFrom4([4]byte{198, 18, 0, 1})
 
 // Host is one lab compute host.
 type Host struct {
@@ -45,9 +70,10 @@ type Host struct {
 	Mig      netip.Addr // migration address (RAM and disk streams)
 	UUID     string     // libvirtd host_uuid
 
-	dir string // WorkDir/hosts/<name>
-	run string // StateDir/hosts/<name> (bind-mounted on /run/libvirt)
-	pid int    // libvirtd
+	dir   string  // WorkDir/hosts/<name>
+	run   string  // StateDir/hosts/<name> (bind-mounted on /run/libvirt)
+	pid   int     // libvirtd
+	extra []Mount // Options.Mounts
 }
 
 // SocketPath is the host's libvirtd unix socket as seen from the root namespaces.
@@ -62,7 +88,7 @@ func (h *Host) TCPURI() string { return "qemu+tcp://" + h.Mgmt.String() + "/syst
 // Path maps a path inside the host's mount namespace to the root namespace,
 // for the directories the lab gives each host.
 func (h *Host) Path(inHost string) string {
-	for _, m := range h.mounts() {
+	for _, m := range h.allMounts() {
 		if inHost == m.target || strings.HasPrefix(inHost, m.target+"/") {
 			return m.source + strings.TrimPrefix(inHost, m.target)
 		}
@@ -80,6 +106,7 @@ type Lab struct {
 	Image Image
 
 	logf         func(string, ...any)
+	opts         Options
 	lock         *os.File
 	rec          *record
 	procs        sync.WaitGroup // owners of the daemons' Wait calls
@@ -114,14 +141,29 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 	if o.Logf == nil {
 		o.Logf = func(f string, a ...any) { fmt.Fprintf(os.Stderr, f+"\n", a...) }
 	}
-	l = &Lab{logf: o.Logf, closed: make(chan struct{}), started: time.Now()}
-	if l.lock, err = takeLock(); err != nil {
+	l = &Lab{logf: o.Logf, opts: o, closed: make(chan struct{}), started: time.Now()}
+	// Waiting for another run is not this run's work: the caller's time
+	// budget for the start counts from when this run holds the lock.
+	var budget time.Duration
+	if d, ok := ctx.Deadline(); ok {
+		budget = time.Until(d)
+	}
+	lockCtx, cancelLock := context.WithTimeout(context.WithoutCancel(ctx), LockWait)
+	l.lock, err = takeLock(lockCtx, l.logf)
+	cancelLock()
+	if budget > 0 && err == nil {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), budget)
+		defer cancel()
+	}
+	if err != nil {
 		return nil, err
 	}
+	self := l // "return nil, err" clears l before the deferred cleanup runs
 	defer func() {
 		if err != nil {
-			l.Close()
-			l = nil
+			self.opts.BeforeTeardown = nil // the user's parts are the user's to stop after a failed Start
+			self.Close()
 		}
 	}()
 	l.step("reap earlier runs", func() error { return reap(l.logf) })
@@ -145,6 +187,11 @@ func Start(ctx context.Context, o Options) (l *Lab, err error) {
 			dir:      filepath.Join(WorkDir, "hosts", name),
 			run:      filepath.Join(StateDir, "hosts", name),
 		})
+	}
+	if o.Mounts != nil {
+		for _, h := range l.Hosts {
+			h.extra = o.Mounts(h)
+		}
 	}
 	steps := []struct {
 		name string
@@ -210,6 +257,9 @@ func (l *Lab) Close() {
 // the signal broke must not race over the same namespaces.
 func (l *Lab) teardown() {
 	l.teardownOnce.Do(func() {
+		if l.opts.BeforeTeardown != nil {
+			l.opts.BeforeTeardown()
+		}
 		t := time.Now()
 		if err := reap(l.logf); err != nil {
 			l.logf("lab: teardown: %v", err)
@@ -218,17 +268,50 @@ func (l *Lab) teardown() {
 	})
 }
 
-// takeLock makes sure no other lab runs on this machine; a dead holder's
-// lock is free again (flock), and its leftovers are reaped next.
-func takeLock() (*os.File, error) {
-	f, err := os.OpenFile(lockFile, os.O_CREATE|os.O_RDWR, 0o644)
+// takeLock makes sure no other lab runs on this machine: it waits (within
+// ctx) while another run holds the lock, so two test packages, or a person's
+// lab and CI's, take turns instead of failing. A dead holder's lock is free
+// again (flock), and its leftovers are reaped next.
+func takeLock(ctx context.Context, logf func(string, ...any)) (*os.File, error) {
+	return WaitLock(ctx, lockFile, "lab", logf, nil)
+}
+
+// WaitLock takes an exclusive flock on path, waiting within ctx while
+// another process holds it, and writes this process's pid into it. what
+// names the holder in messages ("lab", "stack"). While it waits, giveUp
+// (when not nil) is asked every second whether to stop waiting: then
+// WaitLock returns nil and no error.
+func WaitLock(ctx context.Context, path, what string, logf func(string, ...any), giveUp func() bool) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("lab: lock: %w", err)
+		return nil, fmt.Errorf("%s: lock: %w", what, err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		b, _ := os.ReadFile(lockFile)
-		f.Close()
-		return nil, fmt.Errorf("lab: another lab run (pid %s) holds %s: %w", strings.TrimSpace(string(b)), lockFile, err)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for waited := false; ; {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, syscall.EWOULDBLOCK) {
+			f.Close()
+			return nil, fmt.Errorf("%s: lock %s: %w", what, path, err)
+		}
+		if giveUp != nil && giveUp() {
+			f.Close()
+			return nil, nil
+		}
+		if !waited {
+			b, _ := os.ReadFile(path)
+			logf("%s: another %s run (pid %s) holds %s; waiting for it", what, what, strings.TrimSpace(string(b)), path)
+			waited = true
+		}
+		select {
+		case <-ctx.Done():
+			f.Close()
+			return nil, fmt.Errorf("%s: waiting for %s: %w", what, path, context.Cause(ctx))
+		case <-t.C:
+		}
 	}
 	_ = f.Truncate(0)
 	_, _ = f.WriteAt([]byte(strconv.Itoa(os.Getpid())+"\n"), 0)

@@ -38,19 +38,28 @@ func TestTCGWrapper(t *testing.T) {
 		t.Fatal(err)
 	}
 	tests := []struct {
-		name string
-		args []string
-		want string
+		name  string
+		args  []string
+		want  string
+		fixed bool // FERRY_LAB_TCG_FIXED: a second pass
 	}{
 		{"tcg: both sizes grow by 8 KiB",
 			[]string{"-accel", "tcg", "-m", "size=262144k", "-object", `{"qom-type":"memory-backend-ram","id":"pc.ram","size":268435456}`},
-			`-accel tcg -m size=262152k -object {"qom-type":"memory-backend-ram","id":"pc.ram","size":268443648}`},
-		{"tcg: plain MiB form", []string{"-machine", "pc,accel=tcg", "-m", "512"}, "-machine pc,accel=tcg -m 524296k"},
-		{"kvm: untouched", []string{"-accel", "kvm", "-m", "size=262144k"}, "-accel kvm -m size=262144k"},
+			`-accel tcg -m size=262152k -object {"qom-type":"memory-backend-ram","id":"pc.ram","size":268443648}`, false},
+		{"tcg, a NUMA guest: the first node's backend grows with -m",
+			[]string{"-accel", "tcg", "-m", "size=262144k", "-object", `{"qom-type":"memory-backend-ram","id":"ram-node0","size":134217728}`,
+				"-object", `{"qom-type":"memory-backend-ram","id":"ram-node1","size":134217728}`},
+			`-accel tcg -m size=262152k -object {"qom-type":"memory-backend-ram","id":"ram-node0","size":134225920} -object {"qom-type":"memory-backend-ram","id":"ram-node1","size":134217728}`, false},
+		{"tcg: plain MiB form", []string{"-machine", "pc,accel=tcg", "-m", "512"}, "-machine pc,accel=tcg -m 524296k", false},
+		{"kvm: untouched", []string{"-accel", "kvm", "-m", "size=262144k"}, "-accel kvm -m size=262144k", false},
+		{"tcg, second pass: untouched", []string{"-accel", "tcg", "-m", "size=262152k"}, "-accel tcg -m size=262152k", true},
 	}
 	for _, tc := range tests {
 		cmd := exec.Command(w, tc.args...)
-		cmd.Env = append(os.Environ(), "FERRY_LAB_QEMU=/bin/echo")
+		cmd.Env = append(os.Environ(), "FERRY_LAB_QEMU=/bin/echo", "FERRY_LAB_TCG_FIXED=")
+		if tc.fixed {
+			cmd.Env = append(cmd.Env, "FERRY_LAB_TCG_FIXED=1")
+		}
 		out, err := cmd.Output()
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)

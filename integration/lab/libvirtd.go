@@ -27,6 +27,15 @@ func (h *Host) mounts() []mount {
 	}
 }
 
+// allMounts are the lab's mounts and then the user's (Options.Mounts).
+func (h *Host) allMounts() []mount {
+	ms := h.mounts()
+	for _, m := range h.extra {
+		ms = append(ms, mount{m.Source, m.Target})
+	}
+	return ms
+}
+
 // LogDir is the host's /var/log/libvirt as seen from the root namespaces.
 func (h *Host) LogDir() string { return h.Path("/var/log/libvirt") }
 
@@ -146,7 +155,7 @@ migration_host = "%s"
 func (l *Lab) startDaemon(ctx context.Context, h *Host) error {
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "set -e\nhostname %s\n", h.Hostname)
-	for _, m := range h.mounts() {
+	for _, m := range h.allMounts() {
 		fmt.Fprintf(&sb, "mount --bind %s %s\n", m.source, m.target)
 	}
 	sb.WriteString("exec libvirtd --listen --pid-file /run/libvirt/libvirtd.pid\n")
@@ -193,7 +202,13 @@ func primeCaps(ctx context.Context, h *Host) error {
 		return err
 	}
 	defer c.Close()
-	_, err = c.DomainCapabilities(ctx, emulatorPath(), "qemu")
+	if _, err = c.DomainCapabilities(ctx, emulatorPath(), "qemu"); err != nil {
+		return err
+	}
+	// The hypervisor version libvirt reports (and ferry reads before every
+	// migration) comes from the default emulator's capabilities, a binary
+	// of its own: probe it now, not inside the first migration.
+	_, err = c.Versions(ctx)
 	return err
 }
 

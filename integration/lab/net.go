@@ -11,7 +11,9 @@ import (
 
 // setupNetworks builds the switch namespace with two bridges (management
 // 198.18.0.0/24, migration 198.19.0.0/24) and plugs every host into both.
-// Nothing is added to the root network namespace.
+// Nothing is added to the root network namespace unless Options.RootMgmt
+// asks for its management address (a veth whose peer is in the switch
+// namespace, so it goes when that namespace is deleted).
 func (l *Lab) setupNetworks(ctx context.Context) error {
 	nss := []string{switchNetns}
 	for _, h := range l.Hosts {
@@ -46,6 +48,15 @@ func (l *Lab) setupNetworks(ctx context.Context) error {
 				append(hn, "link", "set", n.inner, "up"),
 			)
 		}
+	}
+	if l.opts.RootMgmt {
+		cmds = append(cmds,
+			[]string{"ip", "link", "add", RootMgmtIface, "type", "veth", "peer", "name", "root-mgmt", "netns", switchNetns},
+			append(sw, "link", "set", "root-mgmt", "master", "br-mgmt"),
+			append(sw, "link", "set", "root-mgmt", "up"),
+			[]string{"ip", "addr", "add", RootMgmtAddr.String() + "/24", "dev", RootMgmtIface},
+			[]string{"ip", "link", "set", RootMgmtIface, "up"},
+		)
 	}
 	for _, c := range cmds {
 		if _, err := run(ctx, c[0], c[1:]...); err != nil {

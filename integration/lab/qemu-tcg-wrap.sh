@@ -6,9 +6,14 @@
 # 256 KiB, so under TCG this wrapper makes pc.ram 8 KiB larger: "-m" and the
 # memory-backend-ram size both grow by 8 KiB (QEMU rounds -m to 8 KiB, so
 # +4 KiB would not match). Source and destination run the same XML through
-# the same wrapper, so both sides get the same sizes. Without TCG it changes
-# nothing.
-qemu=${FERRY_LAB_QEMU:-/usr/bin/qemu-system-x86_64} # the override is for the wrapper's own test
+# the same wrapper, so both sides get the same sizes. A NUMA guest has one
+# backend per node and no pc.ram; the first node's grows instead, so that the
+# nodes still add up to -m. Without TCG it changes nothing.
+qemu=${FERRY_LAB_QEMU:-/usr/bin/qemu-system-x86_64} # the override is for the wrapper's own test and the stack's shim
+# Once only: where /usr/bin/qemu-system-x86_64 is itself a shim that runs this
+# wrapper (integration/stack), the second pass must not grow the sizes again.
+[ -n "$FERRY_LAB_TCG_FIXED" ] && exec "$qemu" "$@"
+export FERRY_LAB_TCG_FIXED=1
 tcg=0
 prev=
 for a in "$@"; do
@@ -29,7 +34,7 @@ for a in "$@"; do
 		esac
 	fi
 	case "$a" in
-	*'"qom-type":"memory-backend-ram"'*'"id":"pc.ram"'*)
+	*'"qom-type":"memory-backend-ram"'*'"id":"pc.ram"'*|*'"qom-type":"memory-backend-ram"'*'"id":"ram-node0"'*)
 		size=$(printf '%s' "$a" | sed -n 's/.*"size":\([0-9]*\).*/\1/p')
 		[ -n "$size" ] && a=$(printf '%s' "$a" | sed "s/\"size\":$size/\"size\":$((size + 8192))/")
 		;;

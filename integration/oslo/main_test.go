@@ -20,6 +20,8 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"opendev.org/x/ferry/integration/testlog"
+
 	"opendev.org/x/ferry/integration/rabbit"
 	"opendev.org/x/ferry/rpc/oslo"
 )
@@ -56,20 +58,7 @@ func pyDir() string {
 	return filepath.Join(filepath.Dir(self), "py")
 }
 
-func testLog(t *testing.T) *logrus.Entry {
-	l := logrus.New()
-	l.SetOutput(testWriter{t})
-	l.SetLevel(logrus.DebugLevel)
-	return logrus.NewEntry(l)
-}
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(string(p[:len(p)-1]))
-	return len(p), nil
-}
+func testLog(t *testing.T) *logrus.Entry { return testlog.New(t, logrus.DebugLevel) }
 
 func mustURL(t *testing.T, vh string) oslo.TransportURL {
 	t.Helper()
@@ -91,7 +80,7 @@ type pyPeer struct {
 func startPy(t *testing.T, args ...string) *pyPeer {
 	t.Helper()
 	cmd := exec.Command("/usr/bin/python3", append([]string{filepath.Join(pyDir(), "peer.py")}, args...)...)
-	cmd.Stderr = testWriter{t}
+	cmd.Stderr = testlog.Writer(t)
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,12 +23,15 @@ type goServer struct {
 	host     string
 	casts    chan map[string]json.RawMessage
 	sleeping atomic.Int32
+	started  chan struct{} // a sleep call has begun
 	served   chan error
+	stopOnce sync.Once
 }
 
 func startGoServer(t *testing.T, vh, host string, mutate func(*oslo.ServerOptions)) *goServer {
 	t.Helper()
-	g := &goServer{host: host, casts: make(chan map[string]json.RawMessage, 16), served: make(chan error, 1)}
+	g := &goServer{host: host, casts: make(chan map[string]json.RawMessage, 16), started: make(chan struct{}, 16),
+		served: make(chan error, 1)}
 	h := func(f func(ctx context.Context, r *oslo.Request) (any, error)) oslo.Handler {
 		return oslo.HandlerFunc(f)
 	}
@@ -44,6 +48,7 @@ func startGoServer(t *testing.T, vh, host string, mutate func(*oslo.ServerOption
 			}
 			g.sleeping.Add(1)
 			defer g.sleeping.Add(-1)
+			g.started <- struct{}{}
 			select {
 			case <-time.After(time.Duration(secs * float64(time.Second))):
 			case <-ctx.Done():
@@ -84,16 +89,7 @@ func startGoServer(t *testing.T, vh, host string, mutate func(*oslo.ServerOption
 	}
 	g.srv = srv
 	go func() { g.served <- srv.Serve(context.Background()) }()
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(ctx); err != nil {
-			t.Errorf("Shutdown: %v", err)
-		}
-		if err := <-g.served; !errors.Is(err, oslo.ErrServerClosed) {
-			t.Errorf("Serve returned %v, want ErrServerClosed", err)
-		}
-	})
+	t.Cleanup(func() { g.stop(t) })
 	select {
 	case <-srv.Ready():
 	case err := <-g.served:
@@ -102,6 +98,20 @@ func startGoServer(t *testing.T, vh, host string, mutate func(*oslo.ServerOption
 		t.Fatal("server not consuming after 30s")
 	}
 	return g
+}
+
+// stop shuts the server down, once, and checks that Serve said so.
+func (g *goServer) stop(t *testing.T) {
+	g.stopOnce.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		if err := g.srv.Shutdown(ctx); err != nil {
+			t.Errorf("Shutdown: %v", err)
+		}
+		if err := <-g.served; !errors.Is(err, oslo.ErrServerClosed) {
+			t.Errorf("Serve returned %v, want ErrServerClosed", err)
+		}
+	})
 }
 
 func (g *goServer) waitCast(t *testing.T, within time.Duration) map[string]json.RawMessage {
@@ -253,12 +263,10 @@ func TestCastDuringLongCall(t *testing.T) {
 		c["timeout"] = 60
 		done <- caller.do(t, c)
 	}()
-	deadline := time.Now().Add(20 * time.Second)
-	for g.sleeping.Load() == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("the 10 s call never started")
-		}
-		time.Sleep(50 * time.Millisecond)
+	select {
+	case <-g.started:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the 10 s call never started")
 	}
 	start := time.Now()
 	caster.do(t, map[string]any{"op": "cast", "server": g.host, "method": "record", "version": "6.0", "args": map[string]any{"abort": true}})
@@ -314,7 +322,9 @@ func TestBadInput(t *testing.T) {
 		}
 		r["body"] = body
 		r["reply"] = reply
-		r["timeout"] = 5
+		// The wait ends at the failure reply; the bound only has to outlast a
+		// loaded machine moving a 32 MiB body through the broker twice.
+		r["timeout"] = 60
 		return py.do(t, r)
 	}
 	js, text := "application/json", "text/plain"
@@ -324,16 +334,19 @@ func TestBadInput(t *testing.T) {
 		ctype *string
 		body  string
 		reply bool
+		class string // the failure's class; default ValueError
 	}{
-		{"non-JSON cast", &js, `this is not json`, false},
-		{"non-JSON call (no reply address to answer)", &js, `{"method": "echo", "_msg_id": `, false},
-		{"wrong content type", &text, `{"method":"echo","args":{},"version":"6.0",` + answerable + `}`, true},
-		{"no content type", nil, `{"method":"echo","args":{},"version":"6.0",` + answerable + `}`, true},
-		{"missing method", &js, `{"args":{},"version":"6.0",` + answerable + `}`, true},
-		{"args not an object", &js, `{"method":"echo","args":[1],"version":"6.0",` + answerable + `}`, true},
-		{"bad argument type", &js, `{"method":"sleep","args":{"seconds":"ten"},"version":"6.0",` + answerable + `}`, true},
-		{"huge call", &js, `{"method":"echo","args":{"pad":"` + strings.Repeat("x", oslo.MaxMessageSize) + `"},"version":"6.0",` + answerable + `}`, true},
-		{"huge cast", &js, `{"method":"record","args":{"pad":"` + strings.Repeat("x", oslo.MaxMessageSize) + `"},"version":"6.0"}`, false},
+		{"non-JSON cast", &js, `this is not json`, false, ""},
+		{"non-JSON call (no reply address to answer)", &js, `{"method": "echo", "_msg_id": `, false, ""},
+		{"wrong content type", &text, `{"method":"echo","args":{},"version":"6.0",` + answerable + `}`, true, ""},
+		{"no content type", nil, `{"method":"echo","args":{},"version":"6.0",` + answerable + `}`, true, ""},
+		{"missing method", &js, `{"args":{},"version":"6.0",` + answerable + `}`, true, ""},
+		{"args not an object", &js, `{"method":"echo","args":[1],"version":"6.0",` + answerable + `}`, true, ""},
+		{"bad argument type", &js, `{"method":"sleep","args":{"seconds":"ten"},"version":"6.0",` + answerable + `}`, true, ""},
+		{"huge call", &js, `{"method":"echo","args":{"pad":"` + strings.Repeat("x", oslo.MaxMessageSize) + `"},"version":"6.0",` + answerable + `}`, true, ""},
+		{"huge cast", &js, `{"method":"record","args":{"pad":"` + strings.Repeat("x", oslo.MaxMessageSize) + `"},"version":"6.0"}`, false, ""},
+		{"envelope from the future", &js, `{"oslo.version":"3.0","oslo.message":"{\"method\":\"echo\",\"_msg_id\":\"bad1\",\"_reply_q\":\"{{REPLY_Q}}\"}"}`,
+			true, "UnsupportedRpcEnvelopeVersion"},
 	}
 	for _, tc := range tests {
 		a := raw(tc.ctype, tc.body, tc.reply)
@@ -347,8 +360,12 @@ func TestBadInput(t *testing.T) {
 				Ending  bool    `json:"ending"`
 			}
 			_ = json.Unmarshal(a.Replies[0], &m)
-			if m.Failure == nil || !m.Ending || !strings.Contains(*m.Failure, `"ValueError"`) {
-				t.Errorf("%s: reply %.300s, want a ValueError failure", tc.name, a.Replies[0])
+			class := tc.class
+			if class == "" {
+				class = "ValueError"
+			}
+			if m.Failure == nil || !m.Ending || !strings.Contains(*m.Failure, `"`+class+`"`) {
+				t.Errorf("%s: reply %.300s, want a %s failure", tc.name, a.Replies[0], class)
 			}
 		}
 		// The consumer still serves good messages.
@@ -416,5 +433,17 @@ func TestGoClientPythonServer(t *testing.T) {
 	_, err = c.Call(ctx, oslo.Target{Topic: "compute", Server: "nobody-home", Version: "6.0"}, "echo", nil, oslo.CallOptions{Timeout: time.Second})
 	if !oslo.IsTimeout(err) {
 		t.Errorf("call to a missing server = %v, want a timeout", err)
+	}
+
+	// A cast to an exchange nobody declared: RabbitMQ closes the channel
+	// with a 404. That is the cast's answer, not a lost connection to send
+	// it again on (which would fail the same way until the timeout).
+	start = time.Now()
+	err = c.Cast(ctx, oslo.Target{Topic: "nothing-here", Fanout: true}, "record", nil, oslo.CallOptions{Timeout: 20 * time.Second})
+	if err == nil || !strings.Contains(err.Error(), "404 NOT_FOUND - no exchange 'nothing-here_fanout'") || time.Since(start) > 5*time.Second {
+		t.Errorf("cast to a missing exchange = %v after %s, want the broker's 404 at once", err, time.Since(start))
+	}
+	if _, err := c.Call(ctx, tgt, "echo", nil, oslo.CallOptions{Timeout: 20 * time.Second}); err != nil {
+		t.Errorf("call after the 404: %v", err)
 	}
 }

@@ -91,3 +91,18 @@ func ctl(ctx context.Context, timeout time.Duration, args ...string) error {
 	_, err := Ctl(c, args...)
 	return err
 }
+
+// NewUser creates a user with full rights on one virtual host only, and
+// returns the broker as that user sees it and a function that deletes it.
+func NewUser(ctx context.Context, b Broker, vhost, user, password string) (Broker, func(), error) {
+	_ = ctl(ctx, time.Minute, "-q", "delete_user", user)
+	if err := ctl(ctx, time.Minute, "-q", "add_user", user, password); err != nil {
+		return Broker{}, nil, err
+	}
+	if err := ctl(ctx, time.Minute, "-q", "set_permissions", "-p", vhost, user, ".*", ".*", ".*"); err != nil {
+		_ = ctl(context.Background(), time.Minute, "-q", "delete_user", user)
+		return Broker{}, nil, err
+	}
+	b.User, b.Password = user, password
+	return b, func() { _ = ctl(context.Background(), time.Minute, "-q", "delete_user", user) }, nil
+}

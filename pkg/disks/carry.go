@@ -20,14 +20,13 @@ const MaxCarry = 64 << 20
 // for the pre-check to refuse the migration: without it the guest could
 // not start on the destination.
 func CarryOver(all []virt.Disk, instanceDir string) (carry []virt.Disk, refuse []string) {
-	dir := filepath.Clean(instanceDir) + "/"
 	for _, d := range all {
 		if !(d.ReadOnly || d.Device == "cdrom") || d.Serial != "" || d.Type != "file" || d.Source == "" {
 			continue
 		}
 		switch {
-		case !strings.HasPrefix(filepath.Clean(d.Source), dir):
-			refuse = append(refuse, fmt.Sprintf("%s (%s) is outside the instance directory %s", d.Target, d.Source, instanceDir))
+		case ChildOf(instanceDir, d.Source) != nil || strings.HasPrefix(filepath.Base(d.Source), "."):
+			refuse = append(refuse, fmt.Sprintf("%s (%s) is not a file of the instance directory %s", d.Target, d.Source, instanceDir))
 		case d.Format != "" && d.Format != "raw":
 			refuse = append(refuse, fmt.Sprintf("%s (%s) is %s; only raw read-only disks are carried over", d.Target, d.Source, d.Format))
 		default:

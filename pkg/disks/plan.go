@@ -87,19 +87,21 @@ type Bases func(name string) (format string, ok bool)
 
 // Precreate plans the destination's images for the disks the source
 // described: an overlay on the local base when the source named one, a flat
-// image of the same format and virtual size otherwise. It refuses, naming
-// every problem, paths outside the instances path, formats other than qcow2
-// and raw, and backing files this host does not have, so that the source
-// can fall back to a full copy.
-func Precreate(imgs []Image, instancesPath, cacheDir string, bases Bases) ([]Create, error) {
-	root, cache := filepath.Clean(instancesPath)+"/", filepath.Clean(cacheDir)
+// image of the same format and virtual size otherwise. Every image is a
+// file directly inside the instance's own directory (Nova's disk, disk.local,
+// …), so pre-creating one never touches another instance's files. It
+// refuses, naming every problem, other paths, formats other than qcow2 and
+// raw, and backing files this host does not have, so that the source can
+// fall back to a full copy.
+func Precreate(imgs []Image, instanceDir, cacheDir string, bases Bases) ([]Create, error) {
+	cache := filepath.Clean(cacheDir)
 	var out []Create
 	var bad, missing []string
 	for _, im := range imgs {
 		p := filepath.Clean(im.Path)
 		switch {
-		case !strings.HasPrefix(p, root) || strings.HasPrefix(p, cache+"/"):
-			bad = append(bad, fmt.Sprintf("disk %s is outside the instances path %s", im.Path, instancesPath))
+		case ChildOf(instanceDir, p) != nil || strings.HasPrefix(filepath.Base(p), "."):
+			bad = append(bad, fmt.Sprintf("disk %s is not a file of the instance directory %s", im.Path, instanceDir))
 			continue
 		case im.Format != "qcow2" && im.Format != "raw":
 			bad = append(bad, fmt.Sprintf("disk %s has format %q; ferry pre-creates qcow2 and raw", im.Path, im.Format))

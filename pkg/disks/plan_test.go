@@ -84,6 +84,9 @@ func TestPrecreate(t *testing.T) {
 				{Path: "/etc/passwd", Format: "raw", VirtualSize: 1},
 				{Path: "/i/u/../../etc/shadow", Format: "raw", VirtualSize: 1},
 				{Path: "/i/_base/abc123", Format: "raw", VirtualSize: 1},
+				{Path: "/i/other-instance/disk", Format: "raw", VirtualSize: 1},
+				{Path: "/i/u", Format: "raw", VirtualSize: 1},
+				{Path: "/i/u/.ferry-prepared", Format: "raw", VirtualSize: 1},
 				{Path: "/i/u/disk", Format: "vmdk", VirtualSize: 1},
 				{Path: "/i/u/disk2", Format: "qcow2", VirtualSize: 1, Backing: "../../etc/x"},
 				{Path: "/i/u/disk3", Format: "raw", VirtualSize: 1, Backing: "abc123"},
@@ -91,14 +94,16 @@ func TestPrecreate(t *testing.T) {
 				{Path: "/i/u/disk5", Format: "qcow2", VirtualSize: 1, Backing: "gone"},
 			},
 			wantErr: errdefs.ErrInvalidArgument,
-			errHas: []string{"/etc/passwd is outside", "/i/u/../../etc/shadow is outside", "/i/_base/abc123 is outside",
+			errHas: []string{"/etc/passwd is not a file of the instance directory /i/u", "/i/u/../../etc/shadow is not a file",
+				"/i/_base/abc123 is not a file", "/i/other-instance/disk is not a file", "disk /i/u is not a file",
+				"/i/u/.ferry-prepared is not a file",
 				`format "vmdk"`, `"../../etc/x", not a base name`, "disk3 is raw with a backing file", "disk4 has no virtual size",
 				"not in the image cache /i/_base on this host: gone"},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := Precreate(tt.in, "/i", "/i/_base", bases)
+			got, err := Precreate(tt.in, "/i/u", "/i/_base", bases)
 			if tt.wantErr != nil {
 				if !errors.Is(err, tt.wantErr) {
 					t.Fatalf("err = %v, want %v", err, tt.wantErr)

@@ -8,7 +8,6 @@ package hostnet
 
 import (
 	"fmt"
-	"net"
 	"net/netip"
 	"strings"
 
@@ -47,7 +46,7 @@ func For(d Dest, tls bool) (URIs, error) {
 		return URIs{}, fmt.Errorf("destination %s: %w: libvirt scheme %q", d.Host, errdefs.ErrInvalidArgument, scheme)
 	}
 	for _, a := range []string{mgmt, mig} {
-		if err := checkHost(a); err != nil {
+		if err := CheckHost(a); err != nil {
 			return URIs{}, fmt.Errorf("destination %s: %w", d.Host, err)
 		}
 	}
@@ -70,7 +69,9 @@ func hostPart(a string) string {
 	return a
 }
 
-func checkHost(a string) error {
+// CheckHost accepts an IP address or a host name, nothing that could smuggle a
+// URI part (a user, a port, a path) into the URIs built from it.
+func CheckHost(a string) error {
 	if _, err := netip.ParseAddr(a); err == nil {
 		return nil
 	}
@@ -87,18 +88,4 @@ func first(vs ...string) string {
 		}
 	}
 	return ""
-}
-
-// Resolve returns the addresses a host name resolves to; the source uses it
-// to refuse early when a destination has no address in config and its name
-// does not resolve.
-func Resolve(name string) ([]string, error) {
-	if _, err := netip.ParseAddr(name); err == nil {
-		return []string{name}, nil
-	}
-	addrs, err := net.LookupHost(name)
-	if err != nil {
-		return nil, fmt.Errorf("resolve %s: %w: %w", name, errdefs.ErrNotFound, err)
-	}
-	return addrs, nil
 }

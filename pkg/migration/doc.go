@@ -6,7 +6,10 @@
 // A Migration moves through Nova's phases (queued, preparing, running,
 // running (post-copy), completed | failed | cancelled | error) along one
 // transition table; every move is journalled (a small file per migration
-// under the state directory), logged and reported to the caller's Hooks.
+// under the state directory), logged, reported to the caller's Records and
+// shown to the Observer (metrics), as is every action the monitor takes.
+// Every log line about a migration carries its ids and the request's
+// (Request.LogFields).
 // Work runs as named steps ("job-started", "read-stats", "undefine-source",
 // "finish", "resume-guest", "rollback"); a done step is journalled, so a
 // restarted engine neither repeats nor forgets one.
@@ -27,13 +30,13 @@
 // source shuts off (reason "migrated") and its completed-job statistics
 // (downtime included) can still be read. So closing the engine detaches:
 // it stops monitoring, journals "detached" and closes its connections, and
-// never aborts. Only Abort or the policy aborts a job. A new engine on the
-// same state directory re-attaches: it polls the job while libvirt reports
-// one, and when there is none it settles the outcome from both hosts'
-// domain states (Nova's find_job_type rule, cross-checked with the
-// destination): the source gone or shut off with the destination running
-// means completed; the guest running on the source only means failed (or
-// cancelled); anything else is an error an operator must look at.
+// never aborts. Only Abort, the policy or a panic (below) aborts a job. A
+// new engine on the same state directory re-attaches: it polls the job
+// while libvirt reports one, and when there is none it settles the outcome
+// from both hosts' domain states (Nova's find_job_type rule, cross-checked
+// with the destination): the source gone or shut off with the destination
+// running means completed; the guest running on the source only means
+// failed (or cancelled); anything else is an error an operator must look at.
 //
 // # When post-copy fails
 //
@@ -45,4 +48,15 @@
 // hang after the failure, its job reporting stale statistics; the engine
 // waits PostcopyHang for it, then recovers without it, so that this case
 // ends too.
+//
+// # When ferry itself fails
+//
+// A panic in a runner, in the engine or in a caller's hook (Destination,
+// Records, Observer), ends that migration, not ferryd, with the panic in
+// the reason. Before the job started the guest was not touched, so the
+// migration has failed. Once it started nothing watches the job any more:
+// as nova-compute does when its monitor raises, the engine aborts it
+// (unless it is in post-copy, where it cannot be) and ends in error. A
+// panic in Deliver or Progress costs that report (given up like a refused
+// one, the panic as its outcome) or that sample, never the migration.
 package migration

@@ -21,103 +21,53 @@ func (r *runner) running(ctx context.Context) error {
 	}
 	defer func() { src.Close() }()
 	policy := snap.Policy.WithDefaults()
-	r.st = State{}
-	if snap.Phase == PhasePostCopy {
-		r.st.PostCopy = true
+	r.st = ResumeState(snap.Phase == PhasePostCopy, snap.PausedByUs, snap.Downtime)
+	call, err := r.begin(ctx, snap, src)
+	if err != nil || call == nil {
+		return err // detached, or the job was refused before it started
 	}
-	r.st.Paused = snap.PausedByUs
-	r.st.Downtime = snap.Downtime
-
-	var done chan error // the Perform call's result; nil when re-attached
-	var mc Hypervisor
-	if !snap.done("job-started") {
-		if mc, err = r.dialRetry(ctx, r.m.o.LocalURI); err != nil {
-			return err
-		}
-		// Journalled before the call: after a crash from here on the engine
-		// re-attaches instead of starting a second job.
-		r.update(func(m *Migration) { m.Steps = append(m.Steps, "job-started") })
-		done = make(chan error, 1)
-		spec := r.startSpec()
-		go func() { done <- mc.Migrate(context.WithoutCancel(ctx), snap.Domain, spec) }() // owner: running (waits below)
-		r.start = time.Now()
-	} else {
-		r.update(func(m *Migration) { m.Record.Attaches++ })
-		r.start = time.Now()
-		if js, err := src.JobStats(ctx, snap.Domain, false); err == nil && js.Elapsed > 0 {
-			r.start = time.Now().Add(-js.Elapsed)
-		}
-		r.log.Info("re-attached to the running job")
-	}
-	defer func() {
-		if done != nil { // closing the connection ends the wait, never the job
-			mc.Close()
-			<-done
-		} else if mc != nil {
-			mc.Close()
-		}
-	}()
-
-	var migErr error
+	defer call.stop()
 	t := time.NewTicker(r.m.o.PollInterval)
 	defer t.Stop()
-	lastProgress := time.Time{}
-	var pcFailedAt time.Time // when the source was first seen with post-copy failed while the call was still out
-	for ended := false; !ended; {
+	var lastProgress, pcFailedAt time.Time
+	for {
 		select {
-		case migErr = <-done:
-			done = nil
-			if errors.Is(migErr, errdefs.ErrUnavailable) {
+		case err := <-call.done:
+			call.done = nil
+			if errors.Is(err, errdefs.ErrUnavailable) {
 				// Our connection died, not necessarily the job: watch it.
-				r.log.WithError(migErr).Warn("lost the Perform call's connection; watching the job")
-				migErr = nil
+				r.log.WithError(err).Warn("lost the Perform call's connection; watching the job")
 				continue
 			}
-			ended = true
+			return r.settle(ctx, src, err)
 		case <-t.C:
-			if r.st.PostCopy && done != nil {
-				// libvirt 9.0 can leave the Perform call hanging after post-copy
-				// failed (QEMU 7.2, TCG): the job then shows stale statistics
-				// for ever. Recover without the call rather than wait on it.
-				if s := stateOf(ctx, src, snap.Domain); !s.postcopyFailed() {
-					pcFailedAt = time.Time{}
-				} else if pcFailedAt.IsZero() {
-					pcFailedAt = time.Now()
-				} else if time.Since(pcFailedAt) >= r.m.o.PostcopyHang {
-					r.log.WithField("waited", r.m.o.PostcopyHang).Warn("post-copy failed and libvirt's migration call has not returned; recovering without it")
-					mc.Close()
-					<-done
-					done = nil
-					migErr = fmt.Errorf("post-copy failed; libvirt's migration call did not return within %s", r.m.o.PostcopyHang)
-					ended = true
-					continue
-				}
+			if r.st.PostCopy && call.done != nil && r.postcopyHung(ctx, src, &pcFailedAt) {
+				call.stop()
+				return r.settle(ctx, src, fmt.Errorf("post-copy failed; libvirt's migration call did not return within %s", r.m.o.PostcopyHang))
 			}
-			js, err := src.JobStats(ctx, snap.Domain, false)
+			js, ended, err := r.sample(ctx, &src, call.done == nil)
 			switch {
-			case errors.Is(err, errdefs.ErrNotFound):
-				ended = true
-				continue
 			case err != nil:
-				r.log.WithError(err).Warn("job stats failed; reconnecting")
-				src.Close()
-				if src, err = r.dialRetry(ctx, r.m.o.LocalURI); err != nil {
-					return err
-				}
+				return err
+			case ended:
+				return r.settle(ctx, src, nil)
+			case js == nil:
 				continue
 			}
-			if js.Type == virt.JobNone {
-				if done == nil && !js.Busy { // re-attached (or lost the call): no job means it ended
-					ended = true
-				}
-				continue
-			}
-			r.last = js
-			r.apply(ctx, src, Decide(policy, &r.st, Sample{At: time.Since(r.start), Stats: js}))
+			r.last = *js
+			r.e.mu.Lock()
+			r.e.latest = &sample{at: time.Now(), js: *js}
+			r.e.mu.Unlock()
+			at := time.Since(r.start)
+			r.apply(ctx, src, Decide(policy, &r.st, Sample{At: at, Stats: *js}))
+			r.series.add(Point{At: at, MemRemaining: js.MemRemaining, DiskRemaining: js.DiskRemaining, Bps: js.MemBps + js.DiskBps,
+				MaxDowntime: r.st.Downtime})
 			if time.Since(lastProgress) >= r.m.o.ProgressInterval {
 				lastProgress = time.Now()
-				s := r.e.snapshot()
-				r.m.o.Hooks.Progress(ctx, &s, js)
+				r.e.mu.Lock()
+				r.e.progress = &progress{js: *js}
+				r.e.mu.Unlock()
+				r.e.wake()
 			}
 		case c := <-r.e.cmds:
 			c.reply <- r.command(ctx, src, policy, c.kind)
@@ -125,60 +75,160 @@ func (r *runner) running(ctx context.Context) error {
 			return context.Cause(ctx)
 		}
 	}
-	return r.settle(ctx, src, migErr)
+}
+
+// perform is the Perform call of a job this engine started: its result,
+// and the connection it runs on. Closing the connection ends the wait,
+// never the job.
+type perform struct {
+	done chan error // nil once the call returned, or after a re-attach
+	conn Hypervisor
+}
+
+func (p *perform) stop() {
+	if p.conn != nil {
+		p.conn.Close()
+		p.conn = nil
+	}
+	if p.done != nil {
+		<-p.done
+		p.done = nil
+	}
+}
+
+// begin starts the job, or re-attaches to the one the journal says was
+// started. It returns nil and no error when the job could not be started;
+// the migration has then failed and says why.
+func (r *runner) begin(ctx context.Context, snap Migration, src Hypervisor) (*perform, error) {
+	dom := snap.InstanceUUID
+	if snap.done("job-started") {
+		_ = r.update(func(m *Migration) { m.Record.Attaches++ })
+		r.start = time.Now()
+		if js, err := src.JobStats(ctx, dom, false); err == nil && js.Elapsed > 0 {
+			r.start = time.Now().Add(-js.Elapsed)
+		}
+		r.log.Info("re-attached to the running job")
+		return &perform{}, nil
+	}
+	spec, err := JobSpec(snap)
+	if err != nil {
+		r.setPhase(ctx, PhaseFailed, "the job cannot be started: "+err.Error())
+		return nil, nil
+	}
+	mc, err := r.dialRetry(ctx, r.m.o.LocalURI)
+	if err != nil {
+		return nil, err
+	}
+	// Journalled before the call: after a crash from here on the engine
+	// re-attaches instead of starting a second job. Without that record no
+	// job may start.
+	if err := r.journalFirst(func(m *Migration) { m.Steps = append(m.Steps, "job-started") }); err != nil {
+		mc.Close()
+		r.setPhase(ctx, PhaseFailed, "the journal cannot record the job's start, so it was not started: "+err.Error())
+		return nil, nil
+	}
+	p := &perform{done: make(chan error, 1), conn: mc}
+	go func() { p.done <- mc.Migrate(context.WithoutCancel(ctx), dom, spec) }() // owner: running (stop waits)
+	r.start = time.Now()
+	return p, nil
+}
+
+// postcopyHung tells, once post-copy has failed on the source, whether the
+// Perform call has outlived PostcopyHang: libvirt 9.0 can leave it hanging
+// (QEMU 7.2, TCG), the job then shows stale statistics for ever, and the
+// engine recovers without the call rather than wait on it.
+func (r *runner) postcopyHung(ctx context.Context, src Hypervisor, since *time.Time) bool {
+	switch s := stateOf(ctx, src, r.e.snapshot().InstanceUUID); {
+	case !s.postcopyFailed():
+		*since = time.Time{}
+	case since.IsZero():
+		*since = time.Now()
+	case time.Since(*since) >= r.m.o.PostcopyHang:
+		r.log.WithField("waited", r.m.o.PostcopyHang).Warn("post-copy failed and libvirt's migration call has not returned; recovering without it")
+		return true
+	}
+	return false
+}
+
+// sample reads the job's statistics: nil when there is nothing to decide
+// on, ended when the job is gone. A failing connection is replaced.
+func (r *runner) sample(ctx context.Context, src *Hypervisor, detached bool) (*virt.JobStats, bool, error) {
+	js, err := (*src).JobStats(ctx, r.e.snapshot().InstanceUUID, false)
+	switch {
+	case errors.Is(err, errdefs.ErrNotFound):
+		return nil, true, nil
+	case err != nil:
+		r.log.WithError(err).Warn("job stats failed; reconnecting")
+		(*src).Close()
+		h, err := r.dialRetry(ctx, r.m.o.LocalURI)
+		if err != nil {
+			return nil, false, err
+		}
+		*src = h
+		return nil, false, nil
+	case js.Type == virt.JobNone:
+		// Re-attached (or the call's connection was lost): no job means it ended.
+		return nil, detached && !js.Busy, nil
+	}
+	return &js, false, nil
 }
 
 // command applies an operator's abort or force-complete.
 func (r *runner) command(ctx context.Context, src Hypervisor, p Policy, kind string) error {
-	dom := r.e.snapshot().Domain
+	dom := r.e.snapshot().InstanceUUID
 	switch kind {
 	case "abort":
 		if r.st.PostCopy {
 			return fmt.Errorf("abort: %w: the migration is in post-copy; the guest already runs on the destination", errdefs.ErrFailedPrecondition)
 		}
-		r.update(func(m *Migration) { m.AbortRequested = true })
+		_ = r.update(func(m *Migration) { m.AbortRequested = true })
 		r.record("abort", 0, "requested by the operator", nil)
-		return src.Control(ctx, dom, virt.Control{Op: virt.OpAbort})
+		err := src.Control(ctx, dom, virt.Control{Op: virt.OpAbort})
+		if err == nil {
+			r.commanded(kind)
+		}
+		return err
 	case "force-complete":
 		a := ForceComplete(p, &r.st, time.Since(r.start), "force-complete requested by the operator")
 		if a.Kind == ActNone {
 			return fmt.Errorf("force-complete: %w: already in post-copy or paused", errdefs.ErrFailedPrecondition)
 		}
-		return r.apply(ctx, src, a)
+		err := r.apply(ctx, src, a)
+		if err == nil {
+			r.commanded(kind)
+		}
+		return err
 	}
 	return fmt.Errorf("%s: %w: unknown command", kind, errdefs.ErrInvalidArgument)
 }
 
 // apply carries out one policy action on the job.
 func (r *runner) apply(ctx context.Context, src Hypervisor, a Action) error {
-	dom := r.e.snapshot().Domain
+	dom := r.e.snapshot().InstanceUUID
 	var err error
 	switch a.Kind {
 	case ActNone:
 		return nil
 	case ActSetDowntime:
 		if err = src.Control(ctx, dom, virt.Control{Op: virt.OpSetDowntime, Downtime: a.Downtime}); err == nil {
-			r.update(func(m *Migration) { m.Downtime = a.Downtime })
+			_ = r.update(func(m *Migration) { m.Downtime = a.Downtime })
 		}
 	case ActPostCopy:
 		if err = src.Control(ctx, dom, virt.Control{Op: virt.OpStartPostCopy}); err == nil {
 			r.setPhase(ctx, PhasePostCopy, "")
-		} else {
-			r.st.PostCopy = false // the policy may try again
 		}
 	case ActPause:
 		if err = src.Control(ctx, dom, virt.Control{Op: virt.OpSuspend}); err == nil {
-			r.update(func(m *Migration) { m.PausedByUs = true })
-		} else {
-			r.st.Paused = false
+			_ = r.update(func(m *Migration) { m.PausedByUs = true })
 		}
 	case ActAbort:
-		r.update(func(m *Migration) { m.Reason = a.Reason })
+		_ = r.update(func(m *Migration) { m.Reason = a.Reason })
 		err = src.Control(ctx, dom, virt.Control{Op: virt.OpAbort})
 	case ActPostcopyPause:
-		if err = src.Control(ctx, dom, virt.Control{Op: virt.OpPostcopyPause}); err != nil {
-			r.st.pcBroken = false // e.g. the switch to post-copy has not happened yet; try again later
-		}
+		err = src.Control(ctx, dom, virt.Control{Op: virt.OpPostcopyPause})
+	}
+	if err != nil {
+		r.st.Failed(a) // the policy may choose the lever again
 	}
 	r.record(a.Kind.String(), a.Downtime, a.Reason, err)
 	return err
@@ -189,9 +239,9 @@ func (r *runner) record(action string, d time.Duration, reason string, err error
 		reason += " (failed: " + err.Error() + ")"
 	}
 	at := time.Since(r.start)
-	r.update(func(m *Migration) {
-		m.Record.Actions = append(m.Record.Actions, ActionRecord{At: at, Action: action, Downtime: d, Reason: reason})
-	})
+	ar := ActionRecord{At: at, Action: action, Downtime: d, Reason: reason}
+	_ = r.update(func(m *Migration) { m.Record.Actions = append(m.Record.Actions, ar) })
+	r.m.o.Observer.Action(r.e.snapshot(), ar, err)
 	l := r.log.WithField("action", action).WithField("at", at.Round(100*time.Millisecond))
 	if d > 0 {
 		l = l.WithField("downtime", d)
@@ -256,14 +306,14 @@ func (r *runner) destState(ctx context.Context) hostState {
 		return hostState{err: err}
 	}
 	defer d.Close()
-	return stateOf(ctx, d, snap.Domain)
+	return stateOf(ctx, d, snap.InstanceUUID)
 }
 
 // settle decides the outcome from both hosts' domain states (Nova's
 // find_job_type rule, cross-checked with the destination) and finishes.
 func (r *runner) settle(ctx context.Context, src Hypervisor, migErr error) error {
 	snap := r.e.snapshot()
-	s, d := stateOf(ctx, src, snap.Domain), r.destState(ctx)
+	s, d := stateOf(ctx, src, snap.InstanceUUID), r.destState(ctx)
 	r.log.WithFields(map[string]any{"source": s.String(), "destination": d.String(), "perform_error": migErr}).Info("job ended")
 	srcGone := s.gone || (s.known && s.st.State == virt.StateShutoff)
 	switch {
@@ -281,8 +331,9 @@ func (r *runner) settle(ctx context.Context, src Hypervisor, migErr error) error
 
 func (r *runner) succeed(ctx context.Context, src Hypervisor, d hostState) error {
 	snap := r.e.snapshot()
+	dom := snap.InstanceUUID
 	_ = r.step("read-stats", func() error {
-		js, err := src.JobStats(ctx, snap.Domain, true)
+		js, err := src.JobStats(ctx, dom, true)
 		if err != nil {
 			r.log.WithError(err).Warn("completed-job statistics unavailable")
 		}
@@ -293,7 +344,7 @@ func (r *runner) succeed(ctx context.Context, src Hypervisor, d hostState) error
 		return nil
 	})
 	if err := r.step("undefine-source", func() error {
-		err := src.Control(ctx, snap.Domain, virt.Control{Op: virt.OpUndefine})
+		err := src.Control(ctx, dom, virt.Control{Op: virt.OpUndefine})
 		if errors.Is(err, errdefs.ErrNotFound) {
 			return nil
 		}
@@ -304,17 +355,8 @@ func (r *runner) succeed(ctx context.Context, src Hypervisor, d hostState) error
 	if snap.PausedByUs && d.known && d.st.State == virt.StatePaused {
 		r.resumeOnDest(ctx)
 	}
-	err := r.step("finish", func() error {
-		s := r.e.snapshot()
-		return r.m.o.Hooks.Finish(ctx, &s)
-	})
-	if err != nil {
-		if ctx.Err() != nil {
-			return context.Cause(ctx)
-		}
-		r.setPhase(ctx, PhaseError, "the guest runs on the destination, but finishing failed: "+err.Error())
-		return nil
-	}
+	// The guest runs on the destination: what is left (the destination's
+	// own records, the source's files, the status, Placement) is reported.
 	r.setPhase(ctx, PhaseCompleted, "")
 	return nil
 }
@@ -323,7 +365,7 @@ func (r *runner) resumeOnDest(ctx context.Context) {
 	snap := r.e.snapshot()
 	h, err := r.m.o.Dial(ctx, snap.DestCheckURI)
 	if err == nil {
-		err = h.Control(ctx, snap.Domain, virt.Control{Op: virt.OpResume})
+		err = h.Control(ctx, snap.InstanceUUID, virt.Control{Op: virt.OpResume})
 		h.Close()
 	}
 	if err != nil {
@@ -335,7 +377,7 @@ func (r *runner) fail(ctx context.Context, src Hypervisor, s hostState, migErr e
 	snap := r.e.snapshot()
 	if s.st.State == virt.StatePaused {
 		_ = r.step("resume-guest", func() error {
-			err := src.Control(ctx, snap.Domain, virt.Control{Op: virt.OpResume})
+			err := src.Control(ctx, snap.InstanceUUID, virt.Control{Op: virt.OpResume})
 			if err != nil {
 				r.log.WithError(err).Error("could not resume the guest on the source")
 			}
@@ -343,6 +385,17 @@ func (r *runner) fail(ctx context.Context, src Hypervisor, s hostState, migErr e
 		})
 	}
 	r.fillRecord(r.last)
+	// A job that ended without ferry asking (no operator abort, no abort
+	// of the policy's, which sets the reason): the records may say who.
+	if !snap.AbortRequested && snap.Reason == "" && migErr != nil {
+		if e, ok := r.m.o.Records.(Ender); ok {
+			if phase, reason, ended := e.EndedElsewhere(ctx, snap, migErr); ended {
+				_ = r.update(func(m *Migration) { m.External = true })
+				r.setPhase(ctx, phase, reason)
+				return
+			}
+		}
+	}
 	reason := snap.Reason
 	phase := PhaseFailed
 	if snap.AbortRequested {
@@ -354,7 +407,6 @@ func (r *runner) fail(ctx context.Context, src Hypervisor, s hostState, migErr e
 	if reason == "" {
 		reason = "the job ended and the guest still runs on the source"
 	}
-	r.rollback(ctx, reason)
 	r.setPhase(ctx, phase, reason)
 }
 
@@ -366,26 +418,26 @@ func (r *runner) recoverPostcopy(ctx context.Context, src Hypervisor) error {
 	if snap.Phase == PhaseRunning {
 		r.setPhase(ctx, PhasePostCopy, "")
 	}
-	spec := r.startSpec()
-	spec.PostcopyResume = true
-	// The disks were mirrored before the switch to post-copy; a resume
-	// carries RAM only.
-	spec.Copy, spec.Disks, spec.DisksURI = virt.CopyNone, nil, ""
+	spec, err := resumeSpec(snap)
+	if err != nil {
+		r.setPhase(ctx, PhaseError, "post-copy failed and cannot be resumed: "+err.Error()+"; the guest's memory is split between the hosts")
+		return nil
+	}
 	deadline := time.Now().Add(r.m.o.PostcopyRecovery)
 	for attempt := 1; time.Now().Before(deadline); attempt++ {
 		mc, err := r.m.o.Dial(ctx, r.m.o.LocalURI)
 		if err == nil {
 			actx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			err = mc.Migrate(actx, snap.Domain, spec)
+			err = mc.Migrate(actx, snap.InstanceUUID, spec)
 			cancel()
 			mc.Close()
 			if errors.Is(err, context.DeadlineExceeded) {
 				// A resume that hangs holds the job; break it so the next attempt can run.
-				_ = src.Control(ctx, snap.Domain, virt.Control{Op: virt.OpPostcopyPause})
+				_ = src.Control(ctx, snap.InstanceUUID, virt.Control{Op: virt.OpPostcopyPause})
 			}
 		}
 		r.record("post-copy-resume", 0, fmt.Sprintf("attempt %d", attempt), err)
-		s, d := stateOf(ctx, src, snap.Domain), r.destState(ctx)
+		s, d := stateOf(ctx, src, snap.InstanceUUID), r.destState(ctx)
 		if (s.gone || s.st.State == virt.StateShutoff) && d.running() {
 			return r.succeed(ctx, src, d)
 		}
@@ -393,29 +445,43 @@ func (r *runner) recoverPostcopy(ctx context.Context, src Hypervisor) error {
 			r.setPhase(ctx, PhaseError, fmt.Sprintf("post-copy failed and the destination's guest is gone (%s); the source holds a stale, paused copy — do not resume it without checking the guest", d))
 			return nil
 		}
-		select {
-		case <-ctx.Done():
+		if !sleep(ctx, nil, 2*time.Second) {
 			return context.Cause(ctx)
-		case <-time.After(2 * time.Second):
 		}
 	}
 	r.setPhase(ctx, PhaseError, fmt.Sprintf("post-copy failed and could not be resumed within %s; the guest's memory is split between the hosts", r.m.o.PostcopyRecovery))
 	return nil
 }
 
-// fillRecord puts a job's statistics and the policy's estimates into the record.
+// fillRecord puts a job's statistics and the policy's estimates into the
+// record. A job can end before the monitor saw a pass (an idle guest on a
+// fast link); its completed-job statistics still tell B (libvirt's bandwidth
+// of the job) and F, which is then what the stop-and-copy sent: B × downtime.
 func (r *runner) fillRecord(js virt.JobStats) {
-	r.update(func(m *Migration) {
+	_ = r.update(func(m *Migration) {
 		rec := &m.Record
 		rec.Downtime, rec.MemBytes, rec.DiskBytes, rec.Iterations = js.Downtime, js.MemProcessed, js.DiskProcessed, js.MemIteration
+		rec.SetupTime = js.SetupTime
 		if js.Elapsed > 0 {
 			rec.Total = js.Elapsed
 		}
 		rec.Bandwidth, rec.Floor = r.st.Bps, r.st.Floor
+		if rec.Bandwidth <= 0 {
+			rec.Bandwidth = float64(js.MemBps)
+		}
+		if rec.Bandwidth <= 0 && js.Elapsed > js.Downtime && js.MemProcessed > 0 {
+			rec.Bandwidth = float64(js.MemProcessed) / (js.Elapsed - js.Downtime).Seconds()
+		}
+		if rec.Floor == 0 {
+			rec.Floor = uint64(rec.Bandwidth * js.Downtime.Seconds())
+		}
 		rec.FirstPass = r.st.FirstPass
 		if rec.FirstPass == 0 { // done within the first pass
 			rec.FirstPass = js.MemProcessed
 		}
 		rec.Stalls, rec.LongestStall = max(rec.Stalls, r.st.Stalls), max(rec.LongestStall, r.st.LongestStall)
+		if pts := r.series.points(); len(pts) > 0 {
+			rec.Series = pts
+		}
 	})
 }

@@ -11,6 +11,8 @@ type Phase string
 
 // The phases of a live migration.
 const (
+	// PhaseNew is where every migration comes from: not yet queued.
+	PhaseNew       Phase = ""
 	PhaseQueued    Phase = "queued"
 	PhasePreparing Phase = "preparing"
 	PhaseRunning   Phase = "running"

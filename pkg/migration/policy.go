@@ -22,9 +22,14 @@ type Policy struct {
 	PostCopy          bool          // the job was started with the post-copy flag
 	AutoConverge      bool          // the job was started with auto-converge
 	AutoConvergeGrace time.Duration // time auto-converge gets once pre-copy stops converging; default 60s
-	Pause             bool          // pausing the guest is a permitted escalation
-	HealthyLink       time.Duration // stall-free time required before a post-copy switch; default 10s
-	SlowIteration     time.Duration // one re-send pass longer than this counts as not converging; default 30s
+	// AutoConvergeInitial and AutoConvergeIncrement are the throttle's start
+	// and step in percent (libvirt's auto_converge.initial and .increment);
+	// 0 leaves QEMU's defaults (20 and 10), which take minutes to bite.
+	AutoConvergeInitial   int
+	AutoConvergeIncrement int
+	Pause                 bool          // pausing the guest is a permitted escalation
+	HealthyLink           time.Duration // stall-free time required before a post-copy switch; default 10s
+	SlowIteration         time.Duration // one re-send pass longer than this counts as not converging; default 30s
 }
 
 // WithDefaults fills zero fields.
@@ -112,6 +117,27 @@ type State struct {
 	LongestStall time.Duration
 	PostCopy     bool // switched to post-copy
 	Paused       bool // the guest was paused
+}
+
+// ResumeState is the State of a monitor that takes over a job the journal
+// describes: already in post-copy, paused by ferry, with a max downtime set.
+func ResumeState(postCopy, paused bool, downtime time.Duration) State {
+	return State{PostCopy: postCopy, Paused: paused, Downtime: downtime}
+}
+
+// Failed tells the policy that carrying out its action failed, so that it
+// may choose the same lever again later (the switch to post-copy may be
+// refused before the job's first pass, a pause by a guest that is shutting
+// down).
+func (st *State) Failed(a Action) {
+	switch a.Kind {
+	case ActPostCopy:
+		st.PostCopy = false
+	case ActPause:
+		st.Paused = false
+	case ActPostcopyPause:
+		st.pcBroken = false
+	}
 }
 
 const ewmaAlpha = 0.4 // weight of a new bandwidth reading (KubeVirt's stall detector uses the same)

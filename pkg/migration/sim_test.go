@@ -6,157 +6,41 @@ import (
 	"testing"
 	"time"
 
-	"opendev.org/x/ferry/pkg/virt"
+	"opendev.org/x/ferry/pkg/virt/virttest"
 )
 
-// sim is a pre-copy model: a disk mirror, then memory passes over a link of
-// bandwidth B while the guest dirties a working set at rate D. QEMU switches
-// over once the pending bytes fit B × max downtime. It produces the job
-// stats libvirt would report and takes the policy's actions.
+// sim is the fake hosts' QEMU model (virttest.Model) driven directly, with
+// link drops at fixed times.
 type sim struct {
-	ram, ws, disk uint64
-	dirty         float64 // bytes/s
-	bw            float64 // bytes/s
-	drops         [][2]time.Duration
-	autoConverge  bool
-	acIni, acInc  int
-
-	t                time.Duration
-	diskLeft         float64
-	iter             uint64
-	iterLeft         float64
-	dirtyAcc         float64
-	sentIter         float64
-	processed        float64
-	memProcessed     float64
-	downtimeLimit    time.Duration
-	throttle         int
-	acTrigger        int
-	paused, postcopy bool
-	pausedAt         time.Duration
-	pcLeft           float64
-	done, aborted    bool
-	downtime         time.Duration
-	bpsNow           float64
+	*virttest.Model
+	drops [][2]time.Duration
 }
 
 const mibF = float64(1 << 20)
 
 func newSim(ramMiB, wsMiB, diskMiB int, dirtyMiBps, bwMiBps float64) *sim {
-	s := &sim{ram: uint64(ramMiB) << 20, ws: uint64(wsMiB) << 20, disk: uint64(diskMiB) << 20,
-		dirty: dirtyMiBps * mibF, bw: bwMiBps * mibF, downtimeLimit: 300 * time.Millisecond, acIni: 20, acInc: 10}
-	s.diskLeft = float64(s.disk)
-	if s.disk == 0 {
-		s.startMemory()
+	s := &sim{Model: virttest.NewModel(ramMiB, wsMiB, diskMiB, dirtyMiBps, bwMiBps)}
+	s.LinkUp = func(t time.Duration) bool {
+		for _, d := range s.drops {
+			if t >= d[0] && t < d[1] {
+				return false
+			}
+		}
+		return true
 	}
 	return s
-}
-
-func (s *sim) startMemory() { s.iter, s.iterLeft = 1, float64(s.ram) }
-
-func (s *sim) linkUp() bool {
-	for _, d := range s.drops {
-		if s.t >= d[0] && s.t < d[1] {
-			return false
-		}
-	}
-	return true
-}
-
-// advance runs the model for d in 10 ms steps.
-func (s *sim) advance(d time.Duration) {
-	const step = 10 * time.Millisecond
-	for end := s.t + d; s.t < end && !s.done && !s.aborted; s.t += step {
-		b := 0.0
-		if s.linkUp() {
-			b = s.bw * step.Seconds()
-		}
-		s.bpsNow = b / step.Seconds()
-		switch {
-		case s.diskLeft > 0:
-			x := min(b, s.diskLeft)
-			s.diskLeft -= x
-			s.processed += x
-			if s.diskLeft == 0 {
-				s.startMemory()
-			}
-		case s.postcopy:
-			s.pcLeft -= b
-			s.processed += b
-			if s.pcLeft <= 0 {
-				s.done = true
-			}
-		default:
-			s.memoryStep(b, step)
-		}
-	}
-}
-
-func (s *sim) memoryStep(b float64, step time.Duration) {
-	x := min(b, s.iterLeft)
-	s.iterLeft -= x
-	s.sentIter += x
-	s.processed += x
-	s.memProcessed += x
-	if !s.paused {
-		d := s.dirty * (1 - float64(s.throttle)/100) * step.Seconds()
-		s.dirtyAcc = min(float64(s.ws), s.dirtyAcc+d)
-	}
-	pending := s.iterLeft + s.dirtyAcc
-	if s.iter >= 2 && s.bpsNow > 0 && pending <= s.bpsNow*s.downtimeLimit.Seconds() {
-		s.done = true
-		s.downtime = time.Duration(pending / s.bpsNow * float64(time.Second))
-		if s.paused {
-			s.downtime += s.t - s.pausedAt
-		}
-		return
-	}
-	if s.iterLeft == 0 { // bitmap sync: the next pass resends what was dirtied
-		if s.autoConverge && s.dirtyAcc > 0.5*s.sentIter {
-			if s.acTrigger++; s.acTrigger >= 2 {
-				if s.throttle == 0 {
-					s.throttle = s.acIni
-				} else {
-					s.throttle = min(99, s.throttle+s.acInc)
-				}
-			}
-		}
-		s.iter++
-		s.iterLeft, s.dirtyAcc, s.sentIter = s.dirtyAcc, 0, 0
-	}
-}
-
-func (s *sim) stats() virt.JobStats {
-	js := virt.JobStats{Type: virt.JobUnbounded, Elapsed: s.t, DataProcessed: uint64(s.processed),
-		MemTotal: s.ram, MemProcessed: uint64(s.memProcessed), MemRemaining: uint64(s.iterLeft),
-		MemIteration: s.iter, DiskTotal: s.disk, DiskProcessed: s.disk - uint64(s.diskLeft),
-		DiskRemaining: uint64(s.diskLeft), AutoConvergePct: s.throttle}
-	if s.diskLeft == 0 && !s.postcopy {
-		js.MemBps = uint64(s.bpsNow)
-	} else {
-		js.DiskBps = uint64(s.bpsNow)
-	}
-	if s.done {
-		js.Type = virt.JobCompleted
-	}
-	if s.aborted {
-		js.Type = virt.JobCancelled
-	}
-	return js
 }
 
 func (s *sim) apply(a Action) {
 	switch a.Kind {
 	case ActSetDowntime:
-		s.downtimeLimit = a.Downtime
+		s.SetDowntime(a.Downtime)
 	case ActPostCopy:
-		s.postcopy = true
-		s.pcLeft = s.iterLeft + s.dirtyAcc
-		s.downtime = 50 * time.Millisecond // device state only
+		s.StartPostCopy()
 	case ActPause:
-		s.paused, s.pausedAt = true, s.t
+		s.Pause()
 	case ActAbort:
-		s.aborted = true
+		s.Abort()
 	}
 }
 
@@ -180,16 +64,16 @@ func (r simResult) kinds() string {
 func run(p Policy, s *sim, limit time.Duration) simResult {
 	p = p.WithDefaults()
 	var r simResult
-	for s.t < limit && !s.done && !s.aborted {
-		a := Decide(p, &r.st, Sample{At: s.t, Stats: s.stats()})
+	for s.Elapsed() < limit && !s.Done() && !s.Aborted() {
+		a := Decide(p, &r.st, Sample{At: s.Elapsed(), Stats: s.Stats()})
 		if a.Kind != ActNone {
 			r.actions = append(r.actions, a)
-			r.at = append(r.at, s.t)
+			r.at = append(r.at, s.Elapsed())
 			s.apply(a)
 		}
-		s.advance(500 * time.Millisecond)
+		s.Advance(500 * time.Millisecond)
 	}
-	r.sim, r.complete = s, s.done
+	r.sim, r.complete = s, s.Done()
 	return r
 }
 
@@ -227,8 +111,8 @@ func TestPolicyScenarios(t *testing.T) {
 				if r.at[1] > 15*time.Second {
 					t.Errorf("raised at %v, want early (first re-send passes)", r.at[1])
 				}
-				if r.sim.downtime > 2*time.Second {
-					t.Errorf("downtime %v over the budget", r.sim.downtime)
+				if r.sim.Downtime() > 2*time.Second {
+					t.Errorf("downtime %v over the budget", r.sim.Downtime())
 				}
 				if fp := r.st.FirstPass >> 20; fp < 380 || fp > 390 {
 					t.Errorf("first pass %d MiB, want the 384 MiB of RAM", fp)
@@ -274,13 +158,13 @@ func TestPolicyScenarios(t *testing.T) {
 			policy: Policy{AutoConverge: true, DowntimeBudget: 2 * time.Second, AutoConvergeGrace: 120 * time.Second},
 			sim: func() *sim {
 				s := newSim(512, 256, 0, 200, 50)
-				s.autoConverge, s.acIni, s.acInc = true, 60, 20
+				s.AutoConverge, s.ACInitial, s.ACIncrement = true, 60, 20
 				return s
 			},
 			kinds:    "set-downtime",
 			complete: true,
 			check: func(t *testing.T, r simResult) {
-				if r.sim.throttle == 0 {
+				if r.sim.Throttle() == 0 {
 					t.Error("auto-converge never throttled")
 				}
 			},
@@ -290,7 +174,7 @@ func TestPolicyScenarios(t *testing.T) {
 			policy: Policy{AutoConverge: true, AutoConvergeGrace: 20 * time.Second},
 			sim: func() *sim {
 				s := newSim(512, 256, 0, 200, 50)
-				s.autoConverge, s.acIni, s.acInc = true, 5, 1
+				s.AutoConverge, s.ACInitial, s.ACIncrement = true, 5, 1
 				return s
 			},
 			kinds:    "set-downtime,abort",
@@ -377,12 +261,12 @@ func TestPolicyScenarios(t *testing.T) {
 				t.Errorf("actions = %s, want %s", got, tc.kinds)
 			}
 			if r.complete != tc.complete {
-				t.Errorf("completed = %v at %v, want %v", r.complete, r.sim.t, tc.complete)
+				t.Errorf("completed = %v at %v, want %v", r.complete, r.sim.Elapsed(), tc.complete)
 			}
 			for i, a := range r.actions {
 				t.Logf("t=%5.1fs %s %v %s", r.at[i].Seconds(), a.Kind, a.Downtime, a.Reason)
 			}
-			t.Logf("end t=%.1fs downtime=%v B=%.1f MiB/s F=%.1f MiB stalls=%d", r.sim.t.Seconds(), r.sim.downtime,
+			t.Logf("end t=%.1fs downtime=%v B=%.1f MiB/s F=%.1f MiB stalls=%d", r.sim.Elapsed().Seconds(), r.sim.Downtime(),
 				r.st.Bps/mibF, float64(r.st.Floor)/mibF, r.st.Stalls)
 			if tc.check != nil && len(r.actions) >= len(strings.Split(tc.kinds, ",")) {
 				tc.check(t, r)
@@ -414,12 +298,12 @@ func Example_decide() {
 	p := Policy{DowntimeBudget: 2 * time.Second}.WithDefaults()
 	var st State
 	s := newSim(384, 64, 0, 100, 50)
-	for !s.done {
-		if a := Decide(p, &st, Sample{At: s.t, Stats: s.stats()}); a.Kind != ActNone {
+	for !s.Done() {
+		if a := Decide(p, &st, Sample{At: s.Elapsed(), Stats: s.Stats()}); a.Kind != ActNone {
 			fmt.Printf("%s %v (%s)\n", a.Kind, a.Downtime, a.Reason)
 			s.apply(a)
 		}
-		s.advance(500 * time.Millisecond)
+		s.Advance(500 * time.Millisecond)
 	}
 	// Output:
 	// set-downtime 100ms (initial max downtime)

@@ -1,7 +1,5 @@
-// Package openstack is ferry's REST side: the Placement calls a compute host
-// makes at the end of a live migration. It is the only importer of
-// gophercloud.
-//
+package openstack
+
 // The conductor moves the instance's source-host allocation to the
 // migration's uuid before it casts live_migration, and claims the
 // destination for the instance. The source compute then settles it, as
@@ -9,7 +7,6 @@
 // after a completed migration it deletes the allocation the migration holds
 // (the source host is free); after a failed or cancelled one it moves that
 // allocation back to the instance, replacing the destination claim.
-package openstack
 
 import (
 	"context"
@@ -17,29 +14,15 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/gophercloud/gophercloud/v2"
 	gopenstack "github.com/gophercloud/gophercloud/v2/openstack"
 	"github.com/gophercloud/gophercloud/v2/openstack/placement/v1/allocations"
+	"github.com/sirupsen/logrus"
 
 	"opendev.org/x/ferry/pkg/errdefs"
 )
-
-// Auth is how ferryd reaches Placement: nova.conf's [placement] section.
-type Auth struct {
-	AuthType          string // "password" (Keystone) or "noauth" (a placement with auth_strategy = noauth2)
-	AuthURL           string
-	Username          string
-	Password          string
-	ProjectName       string
-	UserDomainName    string
-	ProjectDomainName string
-	RegionName        string
-	Interface         string // public, internal (default), admin
-	EndpointOverride  string // the Placement URL; required for noauth
-}
 
 // microversion: 1.28 carries consumer generations, which make every write
 // safe against a concurrent writer (a 409 makes us read again and retry).
@@ -53,69 +36,12 @@ const writeAttempts = 4
 // first use and again whenever a call fails for want of a client, so a
 // Keystone outage at ferryd's start costs nothing but a retry.
 type Placement struct {
-	auth    Auth
-	timeout time.Duration
-	mu      sync.Mutex
-	client  *gophercloud.ServiceClient
+	s *session
 }
 
 // NewPlacement returns a client; it does not connect yet.
-func NewPlacement(a Auth, timeout time.Duration) *Placement {
-	if timeout <= 0 {
-		timeout = 30 * time.Second
-	}
-	return &Placement{auth: a, timeout: timeout}
-}
-
-func (p *Placement) service(ctx context.Context) (*gophercloud.ServiceClient, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.client != nil {
-		return p.client, nil
-	}
-	var sc *gophercloud.ServiceClient
-	switch p.auth.AuthType {
-	case "noauth":
-		pc, err := gopenstack.NewClient(p.auth.EndpointOverride)
-		if err != nil {
-			return nil, fmt.Errorf("placement: %w: %w", errdefs.ErrInvalidArgument, err)
-		}
-		pc.HTTPClient = http.Client{Timeout: p.timeout}
-		pc.TokenID = "admin" // noauth2 grants admin to the token "admin"
-		sc = &gophercloud.ServiceClient{ProviderClient: pc, Endpoint: gophercloud.NormalizeURL(p.auth.EndpointOverride), Type: "placement"}
-	default:
-		ao := gophercloud.AuthOptions{IdentityEndpoint: p.auth.AuthURL, Username: p.auth.Username, Password: p.auth.Password,
-			TenantName: p.auth.ProjectName, DomainName: p.auth.UserDomainName, AllowReauth: true,
-			Scope: &gophercloud.AuthScope{ProjectName: p.auth.ProjectName, DomainName: p.auth.ProjectDomainName}}
-		pc, err := gopenstack.NewClient(p.auth.AuthURL)
-		if err != nil {
-			return nil, fmt.Errorf("placement: %w: %w", errdefs.ErrInvalidArgument, err)
-		}
-		pc.HTTPClient = http.Client{Timeout: p.timeout}
-		if err := gopenstack.Authenticate(ctx, pc, ao); err != nil {
-			return nil, fmt.Errorf("placement: keystone at %s: %w: %w", p.auth.AuthURL, errdefs.ErrUnavailable, err)
-		}
-		eo := gophercloud.EndpointOpts{Region: p.auth.RegionName, Availability: availability(p.auth.Interface)}
-		if sc, err = gopenstack.NewPlacementV1(pc, eo); err != nil {
-			return nil, fmt.Errorf("placement: %w: %w", errdefs.ErrNotFound, err)
-		}
-		if p.auth.EndpointOverride != "" {
-			sc.Endpoint = gophercloud.NormalizeURL(p.auth.EndpointOverride)
-		}
-	}
-	sc.Microversion = microversion
-	p.client = sc
-	return sc, nil
-}
-
-func availability(iface string) gophercloud.Availability {
-	switch iface {
-	case "public":
-		return gophercloud.AvailabilityPublic
-	case "admin":
-		return gophercloud.AvailabilityAdmin
-	}
-	return gophercloud.AvailabilityInternal
+func NewPlacement(a Auth, timeout time.Duration, log *logrus.Entry) *Placement {
+	return &Placement{s: newSession(api{kind: "placement", microversion: microversion, fromCatalog: gopenstack.NewPlacementV1}, a, timeout, log)}
 }
 
 // ReleaseMigration deletes the allocations a migration holds: the source
@@ -173,18 +99,19 @@ func (p *Placement) RevertMigration(ctx context.Context, migration, instance str
 // retry runs one read-modify-write until it succeeds, fails for a reason
 // other than a concurrent writer, or has tried writeAttempts times.
 func (p *Placement) retry(ctx context.Context, what string, f func(*gophercloud.ServiceClient) (again bool, err error)) error {
-	ctx, cancel := context.WithTimeout(ctx, 4*p.timeout)
+	ctx, cancel := context.WithTimeout(ctx, 4*p.s.timeout)
 	defer cancel()
 	var err error
 	for i := 0; i < writeAttempts; i++ {
 		var sc *gophercloud.ServiceClient
-		if sc, err = p.service(ctx); err != nil {
+		if sc, err = p.s.service(ctx); err != nil {
 			return fmt.Errorf("%s: %w", what, err)
 		}
 		var again bool
 		if again, err = f(sc); !again {
 			break
 		}
+		p.s.log.WithError(err).WithField("attempt", i+1).Warnf("placement: %s: a concurrent writer; reading again", what)
 	}
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, classify(err))

@@ -1,15 +1,19 @@
 package openstack
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"opendev.org/x/ferry/pkg/errdefs"
 )
@@ -70,7 +74,7 @@ func newFake(t *testing.T) (*fakePlacement, *Placement) {
 	}}
 	srv := httptest.NewServer(f)
 	t.Cleanup(srv.Close)
-	return f, NewPlacement(Auth{AuthType: "noauth", EndpointOverride: srv.URL}, 0)
+	return f, NewPlacement(Auth{AuthType: "noauth", EndpointOverride: srv.URL}, 0, nil)
 }
 
 func TestReleaseRetriesAConcurrentUpdate(t *testing.T) {
@@ -152,6 +156,56 @@ func TestErrorsAreClassified(t *testing.T) {
 		}
 		if n := 4 - len(f.failures); n != tt.n {
 			t.Errorf("%d %s: %d writes, want %d", tt.code, tt.body, n, tt.n)
+		}
+	}
+}
+
+// closingServer speaks HTTP/1.1 as Placement under uwsgi does: it answers
+// one request per connection without "Connection: close" and then drops the
+// connection — after the client has already sent its next request on it.
+func closingServer(t *testing.T) (url string) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func(c net.Conn) {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				req, err := http.ReadRequest(br)
+				if err != nil {
+					return
+				}
+				io.Copy(io.Discard, req.Body)
+				body := `{"allocations": {"rp-1": {"resources": {"VCPU": 1}}}, "consumer_generation": 1, "project_id": "p", "user_id": "u"}`
+				code := "200 OK"
+				if req.Method != http.MethodGet {
+					code, body = "204 No Content", ""
+				}
+				fmt.Fprintf(c, "HTTP/1.1 %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", code, len(body), body)
+				// Wait for the client's next request on this connection, then
+				// drop it unanswered.
+				c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				br.Peek(1)
+			}(c)
+		}
+	}()
+	return "http://" + ln.Addr().String()
+}
+
+// A Placement that closes each connection after its response (uwsgi) never
+// fails a write by closing the connection the write went out on.
+func TestPlacementServerClosingConnections(t *testing.T) {
+	p := NewPlacement(Auth{AuthType: "noauth", EndpointOverride: closingServer(t)}, 5*time.Second, nil)
+	for i := 0; i < 20; i++ {
+		if err := p.ReleaseMigration(context.Background(), "mig-1"); err != nil {
+			t.Fatalf("release %d: %v", i, err)
 		}
 	}
 }

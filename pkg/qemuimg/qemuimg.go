@@ -87,3 +87,15 @@ func Create(ctx context.Context, s Spec) error {
 	}
 	return nil
 }
+
+// ConvertRaw writes src, read as format (never probed: src is untrusted),
+// to dst as a raw image. dst must not exist.
+func ConvertRaw(ctx context.Context, src, format, dst string) error {
+	if format == "" {
+		return fmt.Errorf("convert %s: %w: the source format is required", src, errdefs.ErrInvalidArgument)
+	}
+	if out, err := exec.CommandContext(ctx, "qemu-img", "convert", "-q", "-f", format, "-O", "raw", src, dst).CombinedOutput(); err != nil {
+		return fmt.Errorf("qemu-img convert %s: %w: %s", src, err, out)
+	}
+	return nil
+}

@@ -4,11 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
+	"strings"
+	"sync"
 	"syscall"
 	"time"
 
 	libvirt "github.com/digitalocean/go-libvirt"
+	"github.com/digitalocean/go-libvirt/socket"
+	"github.com/digitalocean/go-libvirt/socket/dialers"
 
 	"opendev.org/x/ferry/pkg/errdefs"
 )
@@ -39,13 +44,24 @@ func (t Timeouts) withDefaults() Timeouts {
 // Conn is one connection to one libvirtd. It is safe for concurrent use, but
 // libvirtd serves at most max_client_requests (5) calls per client at once, so
 // a long Migrate call gets a Conn of its own.
+//
+// A hung daemon (SIGSTOPped, wedged, or behind a half-open TCP link) never
+// hangs a caller: every call has a deadline, and the watchdog and Close cut
+// the socket itself instead of asking the daemon to close the connection
+// (go-libvirt's Disconnect sends ConnectClose and waits for its answer with no
+// deadline). Cutting the socket fails every pending call with ErrUnavailable.
 type Conn struct {
 	uri      string // as given, for messages (never carries a secret)
 	l        *libvirt.Libvirt
+	raw      *rawDialer
 	timeouts Timeouts
 	sem      chan struct{} // at most maxOutstanding calls at once (libvirtd serves 5 per client)
 	stop     chan struct{}
+	stopOnce sync.Once
 	done     chan struct{}
+	verMu    sync.Mutex
+	ver      *[2]uint64 // libvirt's and the hypervisor's versions, once read
+	obs      Observer
 }
 
 // maxOutstanding leaves one of libvirtd's max_client_requests (5) free for
@@ -55,41 +71,134 @@ const maxOutstanding = 4
 // Dial connects to the libvirtd named by uri: "qemu:///system",
 // "qemu+unix:///system?socket=/path", "qemu+tcp://host[:port]/system" or
 // "qemu+tls://host[:port]/system[?pkipath=dir]". A watchdog pings the daemon
-// and drops the connection when a ping does not return in time, so a hung
-// daemon turns into ErrUnavailable instead of a hang.
-func Dial(ctx context.Context, uri string, t Timeouts) (*Conn, error) {
-	t = t.withDefaults()
+// and cuts the connection when a ping does not return in time, so a hung
+// daemon turns into ErrUnavailable instead of a hang. A connection that
+// completes after the dial timed out is closed, never leaked.
+func Dial(ctx context.Context, uri string, t Timeouts, opts ...DialOption) (*Conn, error) {
 	u, err := url.Parse(uri)
 	if err != nil {
 		return nil, fmt.Errorf("dial %q: %w: %w", uri, errdefs.ErrInvalidArgument, err)
 	}
-	l, err := call(ctx, t.Dial, "dial "+uri, func() (*libvirt.Libvirt, error) {
-		return libvirt.ConnectToURI(u)
-	})
+	d, err := dialerFor(u)
 	if err != nil {
+		return nil, fmt.Errorf("dial %q: %w: %w", uri, errdefs.ErrInvalidArgument, err)
+	}
+	o := dialOptions{obs: nopObserver{}}
+	for _, f := range opts {
+		f(&o)
+	}
+	return dialWith(ctx, uri, libvirt.RemoteURI(u), d, t, o.obs)
+}
+
+// dialWith connects through d; the seam the unit tests use.
+func dialWith(ctx context.Context, uri string, remote libvirt.ConnectURI, d socket.Dialer, t Timeouts, obs Observer) (*Conn, error) {
+	t = t.withDefaults()
+	raw := &rawDialer{inner: d}
+	l := libvirt.NewWithDialer(raw)
+	start := time.Now()
+	_, err := call(ctx, t.Dial, "dial "+uri, func() (struct{}, error) {
+		return struct{}{}, l.ConnectToURI(remote)
+	})
+	obs.LibvirtCall("dial", time.Since(start), err)
+	if err != nil {
+		raw.cut() // a handshake still running is aborted, a late one closed
 		return nil, err
 	}
-	c := &Conn{uri: uri, l: l, timeouts: t, sem: make(chan struct{}, maxOutstanding), stop: make(chan struct{}), done: make(chan struct{})}
-	go c.watchdog()
+	c := &Conn{uri: uri, l: l, raw: raw, timeouts: t, sem: make(chan struct{}, maxOutstanding),
+		stop: make(chan struct{}), done: make(chan struct{}), obs: obs}
+	go c.watchdog() // owner: the Conn (Close waits)
 	return c, nil
 }
 
-// Close stops the watchdog and disconnects. It never touches running jobs:
-// a migration whose Perform call runs on this connection is not aborted by
-// libvirt when the client goes away (see the package doc).
+// dialerFor picks go-libvirt's dialer for the transports ferry uses.
+func dialerFor(u *url.URL) (socket.Dialer, error) {
+	transport := "unix"
+	if _, t, ok := strings.Cut(u.Scheme, "+"); ok {
+		transport = t
+	} else if u.Host != "" {
+		transport = "tls"
+	}
+	switch transport {
+	case "unix":
+		var o []dialers.LocalOption
+		if s := u.Query().Get("socket"); s != "" {
+			o = append(o, dialers.WithSocket(s))
+		}
+		return dialers.NewLocal(o...), nil
+	case "tcp":
+		var o []dialers.RemoteOption
+		if p := u.Port(); p != "" {
+			o = append(o, dialers.UsePort(p))
+		}
+		return dialers.NewRemote(u.Hostname(), o...), nil
+	case "tls":
+		var o []dialers.TLSOption
+		if p := u.Port(); p != "" {
+			o = append(o, dialers.UseTLSPort(p))
+		}
+		if pki := u.Query().Get("pkipath"); pki != "" {
+			o = append(o, dialers.UsePKIPath(pki))
+		}
+		return dialers.NewTLS(u.Hostname(), o...), nil
+	}
+	return nil, fmt.Errorf("libvirt transport %q is not supported (unix, tcp, tls)", transport)
+}
+
+// rawDialer keeps the socket go-libvirt talks over, so that ferry can cut it.
+type rawDialer struct {
+	inner socket.Dialer
+	mu    sync.Mutex
+	conn  net.Conn
+	dead  bool // cut: a socket dialled from now on is closed at once
+}
+
+func (d *rawDialer) Dial() (net.Conn, error) {
+	c, err := d.inner.Dial()
+	if err != nil {
+		return nil, err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.dead {
+		c.Close()
+		return nil, errors.New("connection abandoned")
+	}
+	d.conn = c
+	return c, nil
+}
+
+// cut closes the socket: go-libvirt's reader ends and every pending call
+// returns ErrInterrupted.
+func (d *rawDialer) cut() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.dead = true
+	if d.conn != nil {
+		_ = d.conn.Close()
+	}
+}
+
+// Close stops the watchdog and disconnects, within the Query timeout: a
+// daemon that does not answer the goodbye has its socket cut. It never
+// touches running jobs: a migration whose Perform call runs on this
+// connection is not aborted by libvirt when the client goes away (see the
+// package doc).
 func (c *Conn) Close() error {
-	select {
-	case <-c.stop:
-	default:
-		close(c.stop)
-	}
+	c.stopOnce.Do(func() { close(c.stop) })
 	<-c.done
-	if !c.l.IsConnected() {
-		return nil
+	var err error
+	if c.l.IsConnected() {
+		_, err = call(context.Background(), c.timeouts.Query, "close "+c.uri, func() (struct{}, error) {
+			return struct{}{}, c.l.Disconnect()
+		})
 	}
-	_, err := call(context.Background(), c.timeouts.Control, "close "+c.uri, func() (struct{}, error) {
-		return struct{}{}, c.l.Disconnect()
-	})
+	c.raw.cut()
+	t := time.NewTimer(c.timeouts.Query)
+	defer t.Stop()
+	select { // go-libvirt's reader notices the cut socket at once
+	case <-c.l.Disconnected():
+	case <-t.C:
+	}
 	return err
 }
 
@@ -112,11 +221,14 @@ func (c *Conn) watchdog() {
 		case <-c.l.Disconnected():
 			return
 		case <-t.C:
+			start := time.Now()
 			_, err := call(context.Background(), c.timeouts.Query, "ping "+c.uri, func() (uint64, error) {
 				return c.l.ConnectGetLibVersion()
 			})
+			c.obs.LibvirtCall("ping", time.Since(start), err)
 			if errors.Is(err, errdefs.ErrTimeout) {
-				_ = c.l.Disconnect() // unblocks every pending call with ErrInterrupted
+				c.obs.WatchdogTrip()
+				c.raw.cut() // unblocks every pending call with ErrInterrupted
 				return
 			}
 		}
@@ -124,28 +236,44 @@ func (c *Conn) watchdog() {
 }
 
 // Version returns libvirt's and the hypervisor's versions as
-// major*1,000,000 + minor*1,000 + micro.
+// major*1,000,000 + minor*1,000 + micro. The hypervisor's comes from the
+// default emulator's capabilities, which libvirtd probes (it runs QEMU, for
+// seconds, far longer on a loaded host) the first time it is asked after
+// the emulator changed, as after a QEMU upgrade: the call gets the probing
+// bound, and the answer is kept for the connection's life.
 func (c *Conn) Version(ctx context.Context) (lib, hv uint64, err error) {
-	lib, err = do(c, ctx, c.timeouts.Query, "lib version", c.l.ConnectGetLibVersion)
+	c.verMu.Lock()
+	defer c.verMu.Unlock()
+	if c.ver != nil {
+		return c.ver[0], c.ver[1], nil
+	}
+	lib, err = do(c, ctx, c.timeouts.Query, "lib-version", "lib version", c.l.ConnectGetLibVersion)
 	if err != nil {
 		return 0, 0, err
 	}
-	hv, err = do(c, ctx, c.timeouts.Query, "hypervisor version", c.l.ConnectGetVersion)
+	hv, err = do(c, ctx, 3*c.timeouts.Control, "hypervisor-version", "hypervisor version", c.l.ConnectGetVersion)
+	if err == nil {
+		c.ver = &[2]uint64{lib, hv}
+	}
 	return lib, hv, err
 }
 
 // DomainCapabilities returns the domain capabilities XML for an emulator
 // binary; the first call for a binary makes libvirtd probe it.
 func (c *Conn) DomainCapabilities(ctx context.Context, emulator, virtType string) (string, error) {
-	return do(c, ctx, 3*c.timeouts.Control, "domain capabilities "+emulator, func() (string, error) {
+	return do(c, ctx, 3*c.timeouts.Control, "domain-capabilities", "domain capabilities "+emulator, func() (string, error) {
 		return c.l.ConnectGetDomainCapabilities(libvirt.OptString{emulator}, libvirt.OptString{"x86_64"}, nil,
 			libvirt.OptString{virtType}, 0)
 	})
 }
 
 // do runs a call on c, waiting (within ctx and the timeout) for one of the
-// connection's call slots first.
-func do[T any](c *Conn, ctx context.Context, timeout time.Duration, op string, f func() (T, error)) (T, error) {
+// connection's call slots first. name is the call's for the Observer (a
+// fixed name: its time includes the wait for a slot), op the text errors
+// carry.
+func do[T any](c *Conn, ctx context.Context, timeout time.Duration, name, op string, f func() (T, error)) (v T, err error) {
+	start := time.Now()
+	defer func() { c.obs.LibvirtCall(name, time.Since(start), err) }()
 	var zero T
 	t := time.NewTimer(timeout)
 	defer t.Stop()

@@ -26,8 +26,6 @@ const (
 	OpResume
 	// OpUndefine removes the domain's persistent definition.
 	OpUndefine
-	// OpSetSpeed sets the job's bandwidth cap to Control.MiBps.
-	OpSetSpeed
 	// OpPostcopyPause breaks a stalled post-copy stream on purpose, so that
 	// the job enters PAUSED_POSTCOPY_FAILED and can be resumed.
 	OpPostcopyPause
@@ -47,8 +45,6 @@ func (o Op) String() string {
 		return "resume"
 	case OpUndefine:
 		return "undefine"
-	case OpSetSpeed:
-		return "set-max-speed"
 	case OpPostcopyPause:
 		return "post-copy-pause"
 	}
@@ -59,7 +55,6 @@ func (o Op) String() string {
 type Control struct {
 	Op       Op
 	Downtime time.Duration // OpSetDowntime
-	MiBps    uint64        // OpSetSpeed
 }
 
 // Control applies a run-time action to the named domain.
@@ -75,8 +70,6 @@ func (c *Conn) Control(ctx context.Context, name string, ctl Control) error {
 			return fmt.Errorf("%s %s: %w: downtime %v", ctl.Op, name, errdefs.ErrInvalidArgument, ctl.Downtime)
 		}
 		f = func() error { return c.l.DomainMigrateSetMaxDowntime(d, uint64(ctl.Downtime.Milliseconds()), 0) }
-	case OpSetSpeed:
-		f = func() error { return c.l.DomainMigrateSetMaxSpeed(d, ctl.MiBps, 0) }
 	case OpStartPostCopy:
 		f = func() error { return c.l.DomainMigrateStartPostCopy(d, 0) }
 	case OpAbort:
@@ -92,7 +85,7 @@ func (c *Conn) Control(ctx context.Context, name string, ctl Control) error {
 	default:
 		return fmt.Errorf("control %s: %w: unknown op %d", name, errdefs.ErrInvalidArgument, ctl.Op)
 	}
-	_, err = do(c, ctx, c.timeouts.Control, fmt.Sprintf("%s %s", ctl.Op, name), func() (struct{}, error) {
+	_, err = do(c, ctx, c.timeouts.Control, ctl.Op.String(), fmt.Sprintf("%s %s", ctl.Op, name), func() (struct{}, error) {
 		return struct{}{}, f()
 	})
 	return err
@@ -111,7 +104,7 @@ const (
 // CompareCPU compares a <cpu> definition (from the guest's domain XML or
 // Nova's cpu_info) with what this host's hypervisor can run.
 func (c *Conn) CompareCPU(ctx context.Context, cpuXML, virtType string) (CPUFit, error) {
-	r, err := do(c, ctx, c.timeouts.Query, "compare cpu", func() (int32, error) {
+	r, err := do(c, ctx, c.timeouts.Query, "compare-cpu", "compare cpu", func() (int32, error) {
 		return c.l.ConnectCompareHypervisorCPU(nil, libvirt.OptString{"x86_64"}, nil, libvirt.OptString{virtType}, cpuXML, 0)
 	})
 	if err != nil {

@@ -66,6 +66,9 @@ type Guest struct {
 	CPUXML string // the <cpu> element, for CompareCPU ("" when the domain has none)
 	Model  string // CPU model, for messages
 	Disks  []Disk
+	// Memory is the guest's RAM in bytes (<currentMemory>, else <memory>);
+	// 0 when the XML has neither.
+	Memory uint64
 }
 
 // ParseGuest reads the domain type, CPU definition and disks.
@@ -75,6 +78,12 @@ func ParseGuest(xml string) (Guest, error) {
 		return Guest{}, fmt.Errorf("parse domain xml: %w: %w", errdefs.ErrInvalidArgument, err)
 	}
 	g := Guest{Type: d.Type}
+	switch {
+	case d.CurrentMemory != nil:
+		g.Memory = memBytes(d.CurrentMemory.Value, d.CurrentMemory.Unit)
+	case d.Memory != nil:
+		g.Memory = memBytes(d.Memory.Value, d.Memory.Unit)
+	}
 	if d.CPU != nil && (d.CPU.Model != nil || len(d.CPU.Features) > 0) {
 		cpu := *d.CPU
 		cpu.Topology, cpu.Numa, cpu.Cache = nil, nil, nil
@@ -90,4 +99,15 @@ func ParseGuest(xml string) (Guest, error) {
 	var err error
 	g.Disks, err = ParseDisks(xml)
 	return g, err
+}
+
+// memBytes is a libvirt memory size in bytes; the unit defaults to KiB
+// (libvirt's formatdomain "Memory Allocation"; an unknown unit reads as KiB).
+func memBytes(v uint, unit string) uint64 {
+	mul := map[string]uint64{"b": 1, "bytes": 1, "KB": 1e3, "k": 1 << 10, "KiB": 1 << 10, "MB": 1e6, "M": 1 << 20, "MiB": 1 << 20,
+		"GB": 1e9, "G": 1 << 30, "GiB": 1 << 30, "TB": 1e12, "T": 1 << 40, "TiB": 1 << 40}[unit]
+	if mul == 0 {
+		mul = 1 << 10
+	}
+	return uint64(v) * mul
 }

@@ -8,4 +8,8 @@
 // A long Perform3Params call (Migrate) blocks until the job ends and gets a
 // connection of its own; stats, control and the watchdog share another, since
 // libvirtd serves at most five calls per client at once.
+//
+// An Observer (WithObserver) hears every call under a fixed name, never a
+// domain or a URI, with its time and error, and every watchdog trip: what
+// ferryd's metrics count, without this package knowing Prometheus.
 package virt

@@ -2,7 +2,6 @@ package virt
 
 import (
 	"context"
-	"fmt"
 
 	libvirt "github.com/digitalocean/go-libvirt"
 	"github.com/google/uuid"
@@ -59,7 +58,7 @@ type DomainState struct {
 // lookup finds a domain by name, or by UUID when the name is one (Nova's
 // instance uuid is the domain's uuid).
 func (c *Conn) lookup(ctx context.Context, name string) (libvirt.Domain, error) {
-	return do(c, ctx, c.timeouts.Query, "lookup domain "+name, func() (libvirt.Domain, error) {
+	return do(c, ctx, c.timeouts.Query, "lookup-domain", "lookup domain "+name, func() (libvirt.Domain, error) {
 		if u, err := uuid.Parse(name); err == nil && len(name) == 36 {
 			return c.l.DomainLookupByUUID(libvirt.UUID(u))
 		}
@@ -75,7 +74,7 @@ func (c *Conn) DomainState(ctx context.Context, name string) (DomainState, error
 		return DomainState{}, err
 	}
 	type sr struct{ s, r int32 }
-	v, err := do(c, ctx, c.timeouts.Query, "state of "+name, func() (sr, error) {
+	v, err := do(c, ctx, c.timeouts.Query, "domain-state", "state of "+name, func() (sr, error) {
 		s, r, err := c.l.DomainGetState(d, 0)
 		return sr{s, r}, err
 	})
@@ -93,14 +92,27 @@ func (c *Conn) DomainXML(ctx context.Context, name string, inactive bool) (strin
 	if inactive {
 		flags = libvirt.DomainXMLInactive
 	}
-	return do(c, ctx, c.timeouts.Query, "xml of "+name, func() (string, error) {
+	return do(c, ctx, c.timeouts.Query, "domain-xml", "xml of "+name, func() (string, error) {
 		return c.l.DomainGetXMLDesc(d, flags)
+	})
+}
+
+// MigratableXML returns the live XML of the named domain in the form a
+// migration carries (libvirt's migratable dump: no run-time-only details),
+// the document Nova rewrites for the destination.
+func (c *Conn) MigratableXML(ctx context.Context, name string) (string, error) {
+	d, err := c.lookup(ctx, name)
+	if err != nil {
+		return "", err
+	}
+	return do(c, ctx, c.timeouts.Query, "migratable-xml", "migratable xml of "+name, func() (string, error) {
+		return c.l.DomainGetXMLDesc(d, libvirt.DomainXMLMigratable) // as Nova: no secrets (the journal keeps the result)
 	})
 }
 
 // Define defines a persistent domain from xml.
 func (c *Conn) Define(ctx context.Context, xml string) error {
-	_, err := do(c, ctx, c.timeouts.Control, "define domain", func() (libvirt.Domain, error) {
+	_, err := do(c, ctx, c.timeouts.Control, "define", "define domain", func() (libvirt.Domain, error) {
 		return c.l.DomainDefineXML(xml)
 	})
 	return err
@@ -108,13 +120,13 @@ func (c *Conn) Define(ctx context.Context, xml string) error {
 
 // DefineAndStart defines a persistent domain from xml and boots it.
 func (c *Conn) DefineAndStart(ctx context.Context, xml string) error {
-	d, err := do(c, ctx, c.timeouts.Control, "define domain", func() (libvirt.Domain, error) {
+	d, err := do(c, ctx, c.timeouts.Control, "define", "define domain", func() (libvirt.Domain, error) {
 		return c.l.DomainDefineXML(xml)
 	})
 	if err != nil {
 		return err
 	}
-	_, err = do(c, ctx, c.timeouts.Control, "start "+d.Name, func() (struct{}, error) {
+	_, err = do(c, ctx, c.timeouts.Control, "start", "start "+d.Name, func() (struct{}, error) {
 		return struct{}{}, c.l.DomainCreate(d)
 	})
 	return err
@@ -133,7 +145,7 @@ func (c *Conn) Destroy(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	_, err = do(c, ctx, c.timeouts.Control, "destroy "+name, func() (struct{}, error) {
+	_, err = do(c, ctx, c.timeouts.Control, "destroy", "destroy "+name, func() (struct{}, error) {
 		return struct{}{}, c.l.DomainDestroy(d)
 	})
 	return err
@@ -145,29 +157,8 @@ func (c *Conn) Undefine(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	_, err = do(c, ctx, c.timeouts.Control, "undefine "+name, func() (struct{}, error) {
+	_, err = do(c, ctx, c.timeouts.Control, "undefine", "undefine "+name, func() (struct{}, error) {
 		return struct{}{}, c.l.DomainUndefineFlags(d, libvirt.DomainUndefineKeepNvram)
-	})
-	return err
-}
-
-// Suspend pauses the named domain's vCPUs.
-func (c *Conn) Suspend(ctx context.Context, name string) error {
-	return c.domainOp(ctx, name, "suspend", c.l.DomainSuspend)
-}
-
-// Resume resumes the named domain's vCPUs.
-func (c *Conn) Resume(ctx context.Context, name string) error {
-	return c.domainOp(ctx, name, "resume", c.l.DomainResume)
-}
-
-func (c *Conn) domainOp(ctx context.Context, name, op string, f func(libvirt.Domain) error) error {
-	d, err := c.lookup(ctx, name)
-	if err != nil {
-		return err
-	}
-	_, err = do(c, ctx, c.timeouts.Control, fmt.Sprintf("%s %s", op, name), func() (struct{}, error) {
-		return struct{}{}, f(d)
 	})
 	return err
 }

@@ -31,7 +31,6 @@ type MigrateSpec struct {
 	DisksURI   string   // where the NBD disk mirror goes, e.g. tcp://migration-addr
 	Disks      []string // target devs to copy (migrate_disks); must be non-empty with Copy != CopyNone
 	Copy       DiskCopy
-	DestXML    string // domain XML for the destination (also sent as persistent_xml)
 	Bandwidth  uint64 // MiB/s; 0 = unlimited
 
 	PersistDest     bool // define the domain on the destination
@@ -41,11 +40,15 @@ type MigrateSpec struct {
 	AutoConvergeInc int // % increment; 0 = QEMU default
 	PostCopy        bool
 	TLS             bool
-	TLSDestination  string // name in the destination's certificate
-	Compression     []string
-	Parallel        int // multifd connections; 0 or 1 = single stream
-	AbortOnError    bool
-	PostcopyResume  bool // recover a failed post-copy migration (same spec as the original, plus this)
+	TLSDestination  string   // name in the destination's certificate
+	Compression     []string // compression methods (xbzrle, mt, zlib, zstd); the capability table refuses what the stack lacks
+	Parallel        int      // multifd connections; 0 or 1 = single stream
+	PostcopyResume  bool     // recover a failed post-copy migration (same spec as the original, plus this)
+	// DestXML is the domain as the destination runs it (Nova's updated
+	// guest XML: its bridges, listen addresses); it is also the persistent
+	// definition there, so a later restart does not bring back the
+	// source's devices. "" runs the source's definition unchanged.
+	DestXML string
 }
 
 // Validate refuses specs that libvirt would misread. The one that matters
@@ -82,7 +85,6 @@ func (s MigrateSpec) Flags() libvirt.DomainMigrateFlags {
 	set(s.TLS, libvirt.MigrateTLS)
 	set(len(s.Compression) > 0, libvirt.MigrateCompressed)
 	set(s.Parallel > 1, libvirt.MigrateParallel)
-	set(s.AbortOnError, libvirt.MigrateAbortOnError)
 	set(s.PostcopyResume, libvirt.MigratePostcopyResume|libvirt.MigratePostcopy)
 	return f
 }
@@ -102,14 +104,16 @@ func (s MigrateSpec) Params() []libvirt.TypedParam {
 		}
 	}
 	str(libvirt.MigrateParamURI, s.MigrateURI)
+	str(libvirt.MigrateParamDestXML, s.DestXML)
+	if s.PersistDest {
+		str(libvirt.MigrateParamPersistXML, s.DestXML)
+	}
 	if s.Copy != CopyNone {
 		str(libvirt.MigrateParamDisksURI, s.DisksURI)
 		for _, d := range s.Disks {
 			str(libvirt.MigrateParamMigrateDisks, d)
 		}
 	}
-	str(libvirt.MigrateParamDestXML, s.DestXML)
-	str(libvirt.MigrateParamPersistXML, s.DestXML)
 	if s.Bandwidth > 0 {
 		p = append(p, libvirt.TypedParam{Field: libvirt.MigrateParamBandwidth, Value: *libvirt.NewTypedParamValueUllong(s.Bandwidth)})
 	}
@@ -149,7 +153,7 @@ func (c *Conn) Migrate(ctx context.Context, name string, s MigrateSpec) error {
 	if err != nil {
 		return err
 	}
-	_, err = do(c, ctx, noTimeout, "migrate "+name, func() ([]byte, error) {
+	_, err = do(c, ctx, noTimeout, "migrate", "migrate "+name, func() ([]byte, error) {
 		return c.l.DomainMigratePerform3Params(d, libvirt.OptString{s.DestURI}, s.Params(), nil, s.Flags())
 	})
 	return err
@@ -213,7 +217,7 @@ func (c *Conn) JobStats(ctx context.Context, name string, completed bool) (JobSt
 		t int32
 		p []libvirt.TypedParam
 	}
-	r, err := do(c, ctx, c.timeouts.Query, "job stats of "+name, func() (res, error) {
+	r, err := do(c, ctx, c.timeouts.Query, "job-stats", "job stats of "+name, func() (res, error) {
 		t, p, err := c.l.DomainGetJobStats(d, flags)
 		return res{t, p}, err
 	})
@@ -225,7 +229,7 @@ func (c *Conn) JobStats(ctx context.Context, name string, completed bool) (JobSt
 	}
 	js := decodeJobStats(r.t, r.p)
 	if !completed && js.Type == JobNone {
-		state, err := do(c, ctx, c.timeouts.Query, "control info of "+name, func() (uint32, error) {
+		state, err := do(c, ctx, c.timeouts.Query, "control-info", "control info of "+name, func() (uint32, error) {
 			st, _, _, err := c.l.DomainGetControlInfo(d, 0)
 			return st, err
 		})

@@ -22,7 +22,7 @@ func (c *Conn) ReadDisk(ctx context.Context, name, target string, w io.Writer, m
 	if err != nil {
 		return 0, err
 	}
-	size, err := do(c, ctx, c.timeouts.Query, "block info "+name+" "+target, func() (uint64, error) {
+	size, err := do(c, ctx, c.timeouts.Query, "block-info", "block info "+name+" "+target, func() (uint64, error) {
 		_, _, physical, err := c.l.DomainGetBlockInfo(d, target, 0)
 		return physical, err
 	})
@@ -35,7 +35,7 @@ func (c *Conn) ReadDisk(ctx context.Context, name, target string, w io.Writer, m
 	var n int64
 	for off := uint64(0); off < size; {
 		want := uint32(min(size-off, peekChunk))
-		b, err := do(c, ctx, c.timeouts.Query, fmt.Sprintf("block peek %s %s at %d", name, target, off), func() ([]byte, error) {
+		b, err := do(c, ctx, c.timeouts.Query, "block-peek", fmt.Sprintf("block peek %s %s at %d", name, target, off), func() ([]byte, error) {
 			return c.l.DomainBlockPeek(d, target, off, want, 0)
 		})
 		if err != nil {

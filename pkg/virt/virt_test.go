@@ -38,9 +38,9 @@ func TestMigrateSpecValidate(t *testing.T) {
 func TestMigrateSpecFlagsAndParams(t *testing.T) {
 	s := MigrateSpec{
 		DestURI: "qemu+tcp://198.18.0.12/system", MigrateURI: "tcp://198.19.0.12", DisksURI: "tcp://198.19.0.12",
-		Disks: []string{"vda", "vdb"}, Copy: CopyIncremental, DestXML: "<domain/>", Bandwidth: 50,
+		Disks: []string{"vda", "vdb"}, Copy: CopyIncremental, Bandwidth: 50,
 		PersistDest: true, AutoConverge: true, AutoConvergeIni: 60, AutoConvergeInc: 20,
-		TLS: true, TLSDestination: "lab-b",
+		TLS: true, TLSDestination: "lab-b", DestXML: "<domain/>",
 	}
 	wantFlags := libvirt.MigrateLive | libvirt.MigratePeer2peer | libvirt.MigratePersistDest |
 		libvirt.MigrateNonSharedInc | libvirt.MigrateAutoConverge | libvirt.MigrateTLS
@@ -58,11 +58,11 @@ func TestMigrateSpecFlagsAndParams(t *testing.T) {
 	}
 	want := []kv{
 		{"migrate_uri", 7, "tcp://198.19.0.12"},
+		{"destination_xml", 7, "<domain/>"},
+		{"persistent_xml", 7, "<domain/>"},
 		{"disks_uri", 7, "tcp://198.19.0.12"},
 		{"migrate_disks", 7, "vda"},
 		{"migrate_disks", 7, "vdb"},
-		{"destination_xml", 7, "<domain/>"},
-		{"persistent_xml", 7, "<domain/>"},
 		{"bandwidth", 4, uint64(50)},
 		{"auto_converge.initial", 1, int32(60)},
 		{"auto_converge.increment", 1, int32(20)},

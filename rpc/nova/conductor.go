@@ -92,8 +92,49 @@ func (c *Conductor) MigrationByID(ctx context.Context, rctx Context, id int64, v
 	return o, nil
 }
 
-// EventStart is InstanceActionEvent.event_start (the start of
-// "compute_live_migration" on this host).
+// InstanceByUUID is Instance.get_by_uuid: Nova's own record of an instance
+// (its host, task state), read back to verify a message or a re-sent save.
+func (c *Conductor) InstanceByUUID(ctx context.Context, rctx Context, uuid string) (*Object, error) {
+	return c.InstanceWith(ctx, rctx, uuid, nil)
+}
+
+// InstanceWith is Instance.get_by_uuid with expected_attrs: the fields
+// nova-compute lazy-loads (flavor, metadata, info_cache…) loaded too.
+func (c *Conductor) InstanceWith(ctx context.Context, rctx Context, uuid string, attrs []string) (*Object, error) {
+	if attrs == nil {
+		attrs = []string{}
+	}
+	res, err := c.ClassAction(ctx, rctx, "Instance", "get_by_uuid", map[string]string{"Instance": "2.7"}, []any{uuid},
+		map[string]any{"expected_attrs": attrs})
+	if err != nil {
+		return nil, err
+	}
+	o := &Object{}
+	if err := json.Unmarshal(res, o); err != nil {
+		return nil, fmt.Errorf("Instance.get_by_uuid: %w", err)
+	}
+	return o, nil
+}
+
+// NodeOf is the hypervisor host name of host's compute node, as
+// nova-compute takes it for instance.node after a live migration
+// (ComputeNode.get_first_node_by_host_for_old_compat): it differs from
+// Nova's host name wherever the hypervisor calls itself otherwise.
+func (c *Conductor) NodeOf(ctx context.Context, rctx Context, host string) (string, error) {
+	res, err := c.ClassAction(ctx, rctx, "ComputeNode", "get_first_node_by_host_for_old_compat",
+		map[string]string{"ComputeNode": "1.19", "HVSpec": "1.2", "PciDevicePoolList": "1.1", "PciDevicePool": "1.1"}, []any{host}, nil)
+	if err != nil {
+		return "", err
+	}
+	o := &Object{}
+	if err := json.Unmarshal(res, o); err != nil {
+		return "", fmt.Errorf("ComputeNode.get_first_node_by_host_for_old_compat: %w", err)
+	}
+	return Need[string](o, "hypervisor_hostname")
+}
+
+// EventStart is InstanceActionEvent.event_start, as nova-compute's
+// wrap_instance_event sends it.
 func (c *Conductor) EventStart(ctx context.Context, rctx Context, instance, event, host string) error {
 	_, err := c.ClassAction(ctx, rctx, "InstanceActionEvent", "event_start", map[string]string{"InstanceActionEvent": "1.4"},
 		[]any{instance, event}, map[string]any{"want_result": false, "host": host})

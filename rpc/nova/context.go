@@ -6,11 +6,14 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/sirupsen/logrus"
 )
 
 // Context is a Nova RequestContext as it travels in _context_* keys. A
-// request's context is sent back unchanged on the calls made for it, as
-// nova-compute does.
+// request's context is sent back on the calls made for it, as nova-compute
+// does, but without its secrets (Sanitized): ferry authenticates to other
+// services with its own credentials, so a token has no use here and must
+// never reach a journal, a log or the CLI.
 type Context map[string]json.RawMessage
 
 // TimestampFormat is the only timestamp form RequestContext.from_dict
@@ -26,31 +29,48 @@ func (c Context) JSON() json.RawMessage {
 	return b
 }
 
-// Str returns a string entry.
+// Str returns a string entry, "" when absent or not a string (for logs).
 func (c Context) Str(k string) string {
 	var s string
 	_ = json.Unmarshal(c[k], &s)
 	return s
 }
 
-// Elevated is context.elevated(): is_admin and the admin role.
-func (c Context) Elevated() Context {
-	out := Context{}
+// LogFields are the request's ids for a log line: request_id and
+// global_request_id, when it has them; never anything else of it.
+func (c Context) LogFields() logrus.Fields {
+	f := logrus.Fields{}
+	for _, k := range []string{"request_id", "global_request_id"} {
+		if v := c.Str(k); v != "" {
+			f[k] = v
+		}
+	}
+	return f
+}
+
+// secret tells the context keys that carry credentials: auth_token, and
+// any key naming a token, password or secret (oslo.context keeps the same
+// list for its own logging).
+func secret(k string) bool {
+	k = strings.ToLower(k)
+	for _, s := range []string{"token", "password", "secret", "credential"} {
+		if strings.Contains(k, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// Sanitized is the context without credentials; a dropped entry is sent
+// back as null, which RequestContext.from_dict accepts.
+func (c Context) Sanitized() Context {
+	out := make(Context, len(c))
 	for k, v := range c {
+		if secret(k) {
+			v = json.RawMessage("null")
+		}
 		out[k] = v
 	}
-	out["is_admin"] = json.RawMessage("true")
-	var roles []string
-	_ = json.Unmarshal(c["roles"], &roles)
-	has := false
-	for _, r := range roles {
-		has = has || r == "admin"
-	}
-	if !has {
-		roles = append(roles, "admin")
-	}
-	b, _ := json.Marshal(roles)
-	out["roles"] = b
 	return out
 }
 
@@ -72,6 +92,3 @@ func AdminContext() Context {
 	}
 	return c
 }
-
-// RequestID is the context's request id, for logs.
-func (c Context) RequestID() string { return strings.TrimSpace(c.Str("request_id")) }

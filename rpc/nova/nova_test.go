@@ -5,7 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
@@ -26,8 +30,26 @@ func TestObjectRoundTrip(t *testing.T) {
 	if err := json.Unmarshal([]byte(capturedMigration), o); err != nil {
 		t.Fatal(err)
 	}
-	if o.Str("status") != "accepted" || o.Int("id") != 12 || o.Has("memory_total") == false || o.Get("memory_total", new(int)) {
-		t.Errorf("decoded %+v", o)
+	if st, err := Need[string](o, "status"); err != nil || st != "accepted" {
+		t.Errorf("status %q %v", st, err)
+	}
+	if id, err := Need[int64](o, "id"); err != nil || id != 12 {
+		t.Errorf("id %d %v", id, err)
+	}
+	if _, ok, err := Opt[int64](o, "memory_total"); ok || err != nil {
+		t.Errorf("a null field read as set: %v %v", ok, err)
+	}
+	if _, err := Need[int64](o, "memory_total"); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("Need of a null field = %v", err)
+	}
+	if _, err := Need[string](o, "id"); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("a number read as a string: %v", err)
+	}
+	if _, err := UUID(o, "source_compute"); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("UUID of a host name = %v", err)
+	}
+	if u, err := UUID(o, "uuid"); err != nil || u != "5f3c2a10-7e4b-4d8e-a1c2-33445566aabb" {
+		t.Errorf("UUID = %q %v", u, err)
 	}
 	if err := o.Set("status", "queued"); err != nil {
 		t.Fatal(err)
@@ -45,8 +67,8 @@ func TestObjectRoundTrip(t *testing.T) {
 		t.Errorf("re-encoded (-want +got):\n%s", diff)
 	}
 	o.Apply(map[string]json.RawMessage{"updated_at": json.RawMessage(`"2026-11-26T04:04:19Z"`), "obj_what_changed": json.RawMessage(`[]`)})
-	if len(o.Changes) != 0 || o.Str("updated_at") != "2026-11-26T04:04:19Z" {
-		t.Errorf("after Apply: changes %v updated_at %q", o.Changes, o.Str("updated_at"))
+	if at, _ := Need[string](o, "updated_at"); len(o.Changes) != 0 || at != "2026-11-26T04:04:19Z" {
+		t.Errorf("after Apply: changes %v updated_at %q", o.Changes, at)
 	}
 	for _, bad := range []string{`{"a":1}`, `[1]`, `{"nova_object.name":"X","nova_object.namespace":"other","nova_object.version":"1.0","nova_object.data":{}}`} {
 		if err := json.Unmarshal([]byte(bad), &Object{}); !errors.Is(err, errdefs.ErrInvalidArgument) {
@@ -113,7 +135,7 @@ func TestConductorSave(t *testing.T) {
 	if fc.method != "object_action" || fc.args["objmethod"] != "save" || fmt.Sprint(inst["nova_object.changes"]) != "[status]" {
 		t.Errorf("sent %s %v", fc.method, fc.args)
 	}
-	if len(o.Changes) != 0 || o.Str("updated_at") == "" {
+	if at, _ := Need[string](o, "updated_at"); len(o.Changes) != 0 || at == "" {
 		t.Errorf("updates not applied: %+v", o)
 	}
 	fc.reply = `{"not": "a pair"}`
@@ -127,14 +149,30 @@ func TestAdminContextTimestamp(t *testing.T) {
 	if _, err := time.Parse(TimestampFormat, ts); err != nil || len(ts) != len("2024-05-01T12:00:00.000000") {
 		t.Errorf("timestamp %q: %v", ts, err)
 	}
-	e := Context{"roles": json.RawMessage(`["member"]`), "is_admin": json.RawMessage("false")}.Elevated()
-	if string(e["is_admin"]) != "true" || string(e["roles"]) != `["member","admin"]` {
-		t.Errorf("elevated %v", e)
+}
+
+// The request context is kept and sent back without credentials.
+func TestContextSanitized(t *testing.T) {
+	c := Context{"auth_token": json.RawMessage(`"gAAAA-secret"`), "request_id": json.RawMessage(`"req-1"`),
+		"user_password": json.RawMessage(`"p"`), "roles": json.RawMessage(`["admin"]`)}
+	s := c.Sanitized()
+	if string(s["auth_token"]) != "null" || string(s["user_password"]) != "null" || s.Str("request_id") != "req-1" ||
+		string(s["roles"]) != `["admin"]` {
+		t.Errorf("sanitized %v", s)
+	}
+	if string(c["auth_token"]) != `"gAAAA-secret"` {
+		t.Error("Sanitized changed the original")
 	}
 }
 
 func TestInboundLimit(t *testing.T) {
-	in := &inbound{max: 2, hold: time.Minute, slots: map[string]slot{}}
+	now := time.Unix(1000, 0)
+	dir := t.TempDir()
+	in, err := newInbound(dir, 2, time.Minute, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.now = func() time.Time { return now }
 	if _, ok := in.reserve("a"); !ok {
 		t.Fatal("first")
 	}
@@ -147,12 +185,62 @@ func TestInboundLimit(t *testing.T) {
 	if _, ok := in.reserve("a"); !ok {
 		t.Error("re-checking the same instance must not count twice")
 	}
+	// A restarted ferryd still counts them.
+	again, err := newInbound(dir, 2, time.Minute, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again.now = in.now
+	if _, ok := again.reserve("c"); ok {
+		t.Error("slots forgotten across a restart")
+	}
 	in.release("a")
 	if _, ok := in.reserve("c"); !ok {
 		t.Error("after a release")
 	}
-	in.slots["c"] = slot{expires: time.Now().Add(-time.Second)}
-	if _, ok := in.reserve("d"); !ok {
-		t.Error("a lapsed reservation still counts")
+	// Reservations lapse after a minute, taken slots after an hour.
+	now = now.Add(2 * time.Minute)
+	if n, ok := in.reserve("d"); !ok || n != 2 {
+		t.Errorf("a lapsed reservation still counts: %d %v", n, ok)
 	}
+	now = now.Add(2 * time.Hour)
+	if n, ok := in.reserve("e"); !ok || n != 1 {
+		t.Errorf("an expired taken slot still counts: %d %v", n, ok)
+	}
+	os.WriteFile(filepath.Join(dir, "inbound.json"), []byte("{torn"), 0o600)
+	if torn, err := newInbound(dir, 2, time.Minute, time.Hour); err == nil || torn == nil {
+		t.Errorf("a torn slots file: %v %v", torn, err)
+	}
+}
+
+// In native mode ferryd keeps its Service record alive as nova-compute does:
+// report_count one higher every report_interval, through the conductor.
+func TestHeartbeat(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		n := newFakeNova()
+		log, out := testLog(t)
+		h := &Heartbeat{Host: "src", Cond: NewConductor(n), Interval: 10 * time.Second, Log: log}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { h.Run(ctx); close(done) }()
+		time.Sleep(16 * time.Second) // not registered yet: it says so, and keeps trying
+		if !strings.Contains(out.String(), "service heartbeat failed") {
+			t.Errorf("no warning while the Service is missing:\n%s", out.String())
+		}
+		n.mu.Lock()
+		n.service = map[string]any{"id": 3, "host": "src", "binary": "nova-compute", "report_count": 41}
+		n.mu.Unlock()
+		time.Sleep(21 * time.Second)
+		n.mu.Lock()
+		rc := n.service["report_count"]
+		n.mu.Unlock()
+		if rc != float64(43) {
+			t.Errorf("report_count = %v after two intervals, want 43", rc)
+		}
+		if saves := n.entries("Service.save"); len(saves) != 2 || saves[0] != "Service.save report_count=42" {
+			t.Errorf("saves %v", saves)
+		}
+		cancel()
+		<-done
+	})
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 
+	"opendev.org/x/ferry/pkg/disks"
 	"opendev.org/x/ferry/pkg/errdefs"
 )
 
@@ -13,6 +14,10 @@ import (
 // ones ferry does not model included, so an object goes back unchanged but
 // for what ferry set; Changes lists those (the conductor saves only them).
 // It is answered at the version it was received in.
+//
+// Fields are read with Need, Opt and UUID, which fail on a missing or
+// mistyped field instead of turning it into "" or 0: at the wire, a field
+// that is not what Nova sends is an error.
 type Object struct {
 	Name      string
 	Namespace string
@@ -58,38 +63,50 @@ func (o *Object) MarshalJSON() ([]byte, error) {
 	return json.Marshal(objectWire{Name: o.Name, Namespace: o.Namespace, Version: o.Version, Data: o.Data, Changes: o.Changes})
 }
 
-// Get decodes a field; it reports false when the field is absent or null.
-func (o *Object) Get(field string, v any) bool {
-	raw, ok := o.Data[field]
-	if !ok || bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
-		return false
+// Opt decodes an optional field: ok is false when it is absent or null, and
+// a present field of another type is an error naming it.
+func Opt[T any](o *Object, field string) (v T, ok bool, err error) {
+	if o == nil {
+		return v, false, fmt.Errorf("%s: %w: no such object", field, errdefs.ErrInvalidArgument)
 	}
-	return json.Unmarshal(raw, v) == nil
+	raw, present := o.Data[field]
+	if !present || bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
+		return v, false, nil
+	}
+	if err := json.Unmarshal(raw, &v); err != nil {
+		return v, false, fmt.Errorf("%s.%s: %w: %s is not a %T", o.Name, field, errdefs.ErrInvalidArgument, truncate(raw), v)
+	}
+	return v, true, nil
 }
 
-// Str returns a string field ("" when absent or null).
-func (o *Object) Str(field string) string {
-	var s string
-	o.Get(field, &s)
-	return s
+// Need decodes a field that must be present and of type T.
+func Need[T any](o *Object, field string) (T, error) {
+	v, ok, err := Opt[T](o, field)
+	if err == nil && !ok {
+		err = fmt.Errorf("%s.%s: %w: missing", o.Name, field, errdefs.ErrInvalidArgument)
+	}
+	return v, err
 }
 
-// Int returns an integer field (0 when absent or null).
-func (o *Object) Int(field string) int64 {
-	var n int64
-	o.Get(field, &n)
-	return n
+// UUID reads a field that must hold a canonical uuid (an instance's, a
+// migration's): ids name directories and libvirt domains.
+func UUID(o *Object, field string) (string, error) {
+	s, err := Need[string](o, field)
+	if err != nil {
+		return "", err
+	}
+	if err := disks.ValidUUID(s); err != nil {
+		return "", fmt.Errorf("%s.%s: %w", o.Name, field, err)
+	}
+	return s, nil
 }
 
-// Bool returns a boolean field (false when absent or null).
-func (o *Object) Bool(field string) bool {
-	var b bool
-	o.Get(field, &b)
-	return b
+func truncate(b []byte) string {
+	if len(b) > 64 {
+		return string(b[:64]) + "…"
+	}
+	return string(b)
 }
-
-// Has reports whether the field is set (possibly to null).
-func (o *Object) Has(field string) bool { _, ok := o.Data[field]; return ok }
 
 // Set sets a field and records it as changed.
 func (o *Object) Set(field string, v any) error {
@@ -100,6 +117,16 @@ func (o *Object) Set(field string, v any) error {
 	o.Data[field] = b
 	if !slices.Contains(o.Changes, field) {
 		o.Changes = append(o.Changes, field)
+	}
+	return nil
+}
+
+// SetAll sets fields, stopping at the first that cannot be encoded.
+func (o *Object) SetAll(fields map[string]any) error {
+	for k, v := range fields {
+		if err := o.Set(k, v); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -117,16 +144,6 @@ func (o *Object) Child(field string) (*Object, error) {
 	return c, nil
 }
 
-// Clone returns a deep copy.
-func (o *Object) Clone() *Object {
-	c := &Object{Name: o.Name, Namespace: o.Namespace, Version: o.Version, Data: make(map[string]json.RawMessage, len(o.Data)),
-		Changes: slices.Clone(o.Changes)}
-	for k, v := range o.Data {
-		c.Data[k] = slices.Clone(v)
-	}
-	return c
-}
-
 // Apply takes the updates an object_action reply carries: every changed
 // field, and "obj_what_changed", the fields still dirty afterwards.
 func (o *Object) Apply(updates map[string]json.RawMessage) {
@@ -142,11 +159,11 @@ func (o *Object) Apply(updates map[string]json.RawMessage) {
 	}
 }
 
-// ObjectList is a nova ObjectList primitive's objects.
-func (o *Object) List() ([]*Object, error) {
-	var objs []*Object
-	if !o.Get("objects", &objs) {
-		return nil, nil
+// fresh is a copy of o with no changes recorded, for a save of its own.
+func (o *Object) fresh() *Object {
+	c := &Object{Name: o.Name, Namespace: o.Namespace, Version: o.Version, Data: make(map[string]json.RawMessage, len(o.Data))}
+	for k, v := range o.Data {
+		c.Data[k] = v
 	}
-	return objs, nil
+	return c
 }

@@ -1,428 +1,381 @@
 package oslo
 
-// This is the only file that imports amqp091-go. Everything AMQP-shaped is
-// translated here into the package's own types (delivery, publishing) and
-// error classes.
+// This file and admin.go are the only ones that import amqp091-go: the
+// Transport of a real broker here, the cut-over's topology work there. Everything AMQP-shaped is translated here into the package's own
+// types (Delivery, Publishing, BrokerError) and error classes. It does not
+// use amqp091's experimental auto-recovery: a session ends with its
+// connection, and the package's one reconnect loop (link.go) dials a new
+// one, so delivery tags are never carried across channels.
 
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
-	"github.com/sirupsen/logrus"
 
 	"opendev.org/x/ferry/pkg/errdefs"
 )
 
-// broker dials the hosts of a TransportURL in order.
-type broker struct {
+// amqpTransport dials the hosts of a TransportURL in order.
+type amqpTransport struct {
 	url       TransportURL
-	heartbeat time.Duration
-	name      string // connection_name, shown by rabbitmqctl list_connections
-	log       *logrus.Entry
+	tls       TLSOptions    // resolved: the URL's query over the configured options
+	threshold time.Duration // heartbeat_timeout_threshold
+	name      string        // connection_name, shown by rabbitmqctl list_connections
 }
 
-func (b *broker) tlsConfig() (*tls.Config, error) {
-	if !b.url.TLS() {
-		return nil, nil
-	}
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	if ca := b.url.Query["ssl_ca_file"]; ca != "" {
-		pem, err := os.ReadFile(ca)
-		if err != nil {
-			return nil, fmt.Errorf("ssl_ca_file: %w", err)
-		}
-		cfg.RootCAs = x509.NewCertPool()
-		if !cfg.RootCAs.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("ssl_ca_file %s: no certificate", ca)
-		}
-	}
-	if cert, key := b.url.Query["ssl_cert_file"], b.url.Query["ssl_key_file"]; cert != "" || key != "" {
-		c, err := tls.LoadX509KeyPair(cert, key)
-		if err != nil {
-			return nil, fmt.Errorf("ssl_cert_file/ssl_key_file: %w", err)
-		}
-		cfg.Certificates = []tls.Certificate{c}
-	}
-	return cfg, nil
+// amqpHeartbeat is what amqp091 is given for oslo's
+// heartbeat_timeout_threshold. oslo hands the threshold to kombu and py-amqp
+// checks it at threshold/2 (heartbeat_rate 2). amqp091 negotiates its
+// Config.Heartbeat with the broker (the smaller wins), sends a frame every
+// Heartbeat/2 of silence and gives up after 3×Heartbeat/2 without a frame
+// from the broker. Half the threshold thus sends every threshold/4 and
+// notices a dead broker after 0.75×threshold (45 s for the default 60 s;
+// handing amqp091 the threshold itself took 90 s, the 60 s of a RabbitMQ
+// that caps it plus the time of a lost socket). amqp091 counts whole
+// seconds: below 2 s of threshold it would ask for none, so 1 s is the
+// floor.
+func amqpHeartbeat(threshold time.Duration) time.Duration {
+	return max(threshold/2, time.Second)
 }
 
-// dial returns a connection to the first host that answers.
-func (b *broker) dial(ctx context.Context) (*amqp.Connection, error) {
-	tlsCfg, err := b.tlsConfig()
+// Dial connects to the first host that answers and opens a confirm-mode
+// channel on it.
+func (t *amqpTransport) Dial(ctx context.Context) (Session, error) {
+	conn, err := t.dial(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", errdefs.ErrInvalidArgument, err)
+		return nil, err
+	}
+	s, err := openSession(conn)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w: %w", t.url, errdefs.ErrUnavailable, err)
+	}
+	return s, nil
+}
+
+// dial connects to the first host that answers. A broker certificate
+// that every host's dial refused (untrusted, or not naming the host) is a
+// configuration error, not an outage: it wraps errdefs.ErrInvalidArgument
+// so that the reconnect loop gives up and the operator reads why.
+func (t *amqpTransport) dial(ctx context.Context) (*amqp.Connection, error) {
+	scheme := "amqp"
+	if t.tls.Enabled {
+		scheme = "amqps"
 	}
 	var errs []error
-	for _, h := range b.url.Hosts {
+	refused := 0 // hosts whose certificate was refused
+	for _, h := range t.url.Hosts {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
-		scheme := "amqp"
-		if tlsCfg != nil {
-			scheme = "amqps"
+		var tlsCfg *tls.Config
+		if t.tls.Enabled {
+			var err error
+			if tlsCfg, err = t.tls.config(h.Host); err != nil {
+				return nil, fmt.Errorf("connect to %s: %w: %w", t.url, errdefs.ErrInvalidArgument, err)
+			}
 		}
 		cfg := amqp.Config{
 			SASL:            []amqp.Authentication{&amqp.PlainAuth{Username: h.Username, Password: h.Password()}},
-			Vhost:           b.url.VHost,
-			Heartbeat:       b.heartbeat,
+			Vhost:           t.url.VHost,
+			Heartbeat:       amqpHeartbeat(t.threshold),
 			TLSClientConfig: tlsCfg,
-			Properties:      amqp.Table{"connection_name": b.name, "product": "ferry"},
+			Properties:      amqp.Table{"connection_name": t.name, "product": "ferry"},
 			Dial:            amqp.DefaultDial(10 * time.Second),
 		}
 		conn, err := amqp.DialConfig(scheme+"://"+h.Addr()+"/", cfg)
 		if err == nil {
 			return conn, nil
 		}
+		if ce := t.tls.certError(h.Host, err); ce != nil {
+			refused++
+			err = ce
+		} else if t.tls.Enabled && t.tls.CertFile == "" && noClientCert(err) {
+			err = fmt.Errorf("%w (the broker may require a client certificate: ssl_cert_file and ssl_key_file are not set)", err)
+		}
 		errs = append(errs, fmt.Errorf("%s@%s: %w", h.Username, h.Addr(), err))
 	}
-	return nil, fmt.Errorf("connect to %s: %w: %w", b.url, errdefs.ErrUnavailable, errors.Join(errs...))
+	class := errdefs.ErrUnavailable
+	if refused == len(t.url.Hosts) {
+		class = errdefs.ErrInvalidArgument
+	}
+	return nil, fmt.Errorf("connect to %s: %w: %w", t.url, class, errors.Join(errs...))
 }
 
-// backoff is oslo's: 1 s, growing by 2 s per failure, at most 30 s.
-type backoff struct{ next time.Duration }
+// noClientCert tells the errors of a broker that refused a client for
+// sending no certificate: TLS 1.3 reports it after the handshake, as an
+// alert, or as a connection closed or reset under amqp091's first frames.
+func noClientCert(err error) bool {
+	return errors.Is(err, amqp.ErrClosed) || errors.Is(err, syscall.ECONNRESET) || strings.Contains(err.Error(), "certificate required")
+}
 
-func (b *backoff) wait(ctx context.Context) error {
-	if b.next == 0 {
-		b.next = time.Second
+// amqpSession is a Session on an amqp091 connection and channel.
+type amqpSession struct {
+	conn  deadlineCloser // the *amqp.Connection; a fake in amqp_test.go
+	ch    *amqp.Channel
+	pubMu sync.Mutex // a publish and the sequence number it gets
+	track *confirms
+
+	once sync.Once
+	done chan struct{}
+	err  error // set before done is closed
+	wg   sync.WaitGroup
+}
+
+func openSession(conn *amqp.Connection) (*amqpSession, error) {
+	ch, err := conn.Channel()
+	if err == nil {
+		err = ch.Confirm(false)
 	}
-	t := time.NewTimer(b.next)
-	defer t.Stop()
-	b.next = min(b.next+2*time.Second, 30*time.Second)
+	if err != nil {
+		_ = conn.CloseDeadline(time.Now().Add(5 * time.Second))
+		return nil, fmt.Errorf("open channel: %w", err)
+	}
+	s := &amqpSession{conn: conn, ch: ch, track: newConfirms(), done: make(chan struct{})}
+	n := notifications{
+		conn:     conn.NotifyClose(make(chan *amqp.Error, 1)),
+		ch:       ch.NotifyClose(make(chan *amqp.Error, 1)),
+		cancels:  ch.NotifyCancel(make(chan string, 8)),
+		returns:  ch.NotifyReturn(make(chan amqp.Return, 64)),
+		confirms: ch.NotifyPublish(make(chan amqp.Confirmation, 256)),
+	}
+	s.wg.Go(func() { s.watch(n) })
+	return s, nil
+}
+
+// deadlineCloser is all a session does with its connection once open.
+type deadlineCloser interface {
+	CloseDeadline(deadline time.Time) error
+}
+
+type notifications struct {
+	conn, ch chan *amqp.Error
+	cancels  chan string
+	returns  chan amqp.Return
+	confirms chan amqp.Confirmation
+}
+
+// watch reads what the broker reports about the session, in wire order
+// (returns before the confirm of the same message: amqp091 hands both over
+// on its reader goroutine, one after the other, into buffered channels this
+// loop alone drains), until amqp091 has closed the connection's notify
+// channel. It keeps draining after the session has failed, as amqp091
+// requires.
+func (s *amqpSession) watch(n notifications) {
+	for n.conn != nil {
+		select {
+		case r, ok := <-n.returns:
+			if !ok {
+				n.returns = nil
+				continue
+			}
+			s.track.returned(r.MessageId, int(r.ReplyCode), r.ReplyText)
+		case c, ok := <-n.confirms:
+			if !ok {
+				n.confirms = nil
+				continue
+			}
+			for drained := false; !drained && n.returns != nil; {
+				select {
+				case r, ok := <-n.returns:
+					if ok {
+						s.track.returned(r.MessageId, int(r.ReplyCode), r.ReplyText)
+					} else {
+						n.returns = nil
+					}
+				default:
+					drained = true
+				}
+			}
+			s.track.confirmed(c.DeliveryTag, c.Ack)
+		case tag, ok := <-n.cancels:
+			if !ok {
+				n.cancels = nil
+				continue
+			}
+			s.fail(fmt.Errorf("%w: the broker cancelled consumer %s (queue deleted?)", ErrSessionClosed, tag))
+		case e, ok := <-n.ch:
+			if !ok {
+				n.ch = nil
+			}
+			s.fail(closeError("channel", e))
+		case e, ok := <-n.conn:
+			if !ok {
+				n.conn = nil
+			}
+			s.fail(closeError("connection", e))
+		}
+	}
+}
+
+func closeError(what string, e *amqp.Error) error {
+	if e == nil {
+		return fmt.Errorf("%w: %s closed", ErrSessionClosed, what)
+	}
+	return fmt.Errorf("%w: %s closed: %w", ErrSessionClosed, what, &BrokerError{Code: e.Code, Reason: e.Reason})
+}
+
+// fail ends the session with err (the first reason wins) and closes the
+// connection without waiting long for a dead peer.
+func (s *amqpSession) fail(err error) {
+	s.once.Do(func() {
+		s.err = err
+		s.track.fail(err)
+		close(s.done)
+		s.wg.Go(func() { _ = s.conn.CloseDeadline(time.Now().Add(5 * time.Second)) })
+	})
+}
+
+func (s *amqpSession) Done() <-chan struct{} { return s.done }
+
+func (s *amqpSession) Err() error {
 	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
+	case <-s.done:
+		return s.err
+	default:
 		return nil
 	}
 }
 
-func (b *backoff) reset() { b.next = 0 }
-
-// delivery is one received message, with acks bound to the channel it came
-// on: an ack for a dead channel fails and is never sent on another one.
-type delivery struct {
-	contentType string
-	body        []byte
-	redelivered bool
-	ack         func() error
-	reject      func() error // without requeue
+func (s *amqpSession) Close() error {
+	s.fail(fmt.Errorf("%w: closed by ferry", ErrSessionClosed))
+	s.wg.Wait()
+	return nil
 }
 
-func fromAMQP(d amqp.Delivery) delivery {
-	return delivery{
-		contentType: d.ContentType,
-		body:        d.Body,
-		redelivered: d.Redelivered,
-		ack:         func() error { return d.Ack(false) },
-		reject:      func() error { return d.Reject(false) },
+// translate turns an amqp091 error into the package's: a channel or
+// connection exception becomes a *BrokerError (and ends the session, as
+// it has ended the channel), anything on a closed session ErrSessionClosed.
+func (s *amqpSession) translate(what string, err error) error {
+	var ae *amqp.Error
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &ae) && ae.Code != 0 && ae != amqp.ErrClosed:
+		be := &BrokerError{Code: ae.Code, Reason: ae.Reason}
+		s.fail(fmt.Errorf("%w: %s: %w", ErrSessionClosed, what, be))
+		return fmt.Errorf("%s: %w", what, be)
+	case errors.Is(err, amqp.ErrClosed) || s.Err() != nil:
+		return fmt.Errorf("%s: %w", what, ErrSessionClosed)
 	}
+	return fmt.Errorf("%s: %w: %w", what, errdefs.ErrUnavailable, err)
 }
 
-// publishing is one message to send, with oslo's properties.
-type publishing struct {
-	exchange   string
-	key        string
-	mandatory  bool          // replies: a missing reply queue is reported, not ignored
-	expiration time.Duration // calls: the caller's timeout; 0 = none
-	body       []byte
-}
-
-func (p publishing) amqp() amqp.Publishing {
-	m := amqp.Publishing{
-		ContentType:     contentType,
-		ContentEncoding: contentEncoding,
-		DeliveryMode:    amqp.Persistent,
-		Priority:        0,
-		Headers:         amqp.Table{},
-		Body:            p.body,
-	}
-	if p.expiration > 0 {
-		m.Expiration = fmt.Sprint(p.expiration.Milliseconds())
-	}
-	return m
-}
-
-// errUnroutable: the broker returned a mandatory message (no such queue).
-var errUnroutable = errors.New("unroutable")
-
-// publisher keeps a connection with two confirm-mode channels: one for
-// requests (pipelined), one for mandatory replies (one at a time, so that a
-// basic.return can be tied to the publish it answers: the broker sends the
-// return before the ack, and the reader hands both over in that order).
-type publisher struct {
-	b     *broker
-	log   *logrus.Entry
-	mu    sync.Mutex
-	cur   *pubChans
-	ready chan struct{} // closed while cur != nil
-	repMu sync.Mutex
-}
-
-type pubChans struct {
-	conn     *amqp.Connection
-	req, rep *amqp.Channel
-	returns  chan amqp.Return
-}
-
-func newPublisher(b *broker, log *logrus.Entry) *publisher {
-	return &publisher{b: b, log: log, ready: make(chan struct{})}
-}
-
-// run keeps the publisher connected until ctx ends. connected is closed the
-// first time it is.
-func (p *publisher) run(ctx context.Context) {
-	var bo backoff
-	for ctx.Err() == nil {
-		pc, err := p.open(ctx)
+func (s *amqpSession) Declare(_ context.Context, d Declaration) error {
+	if d.Exchange != "" {
+		err := s.ch.ExchangeDeclare(d.Exchange, d.ExchangeKind, d.ExchangeDurable, d.ExchangeAutoDelete, false, false, nil)
 		if err != nil {
-			p.log.WithError(err).Warn("publisher: connect failed; retrying")
-			if bo.wait(ctx) != nil {
-				return
-			}
-			continue
-		}
-		bo.reset()
-		closed := pc.conn.NotifyClose(make(chan *amqp.Error, 1))
-		reqClosed := pc.req.NotifyClose(make(chan *amqp.Error, 1))
-		repClosed := pc.rep.NotifyClose(make(chan *amqp.Error, 1))
-		p.mu.Lock()
-		p.cur = pc
-		close(p.ready)
-		p.mu.Unlock()
-		var why *amqp.Error
-		select {
-		case why = <-closed:
-		case why = <-reqClosed:
-		case why = <-repClosed:
-		case <-ctx.Done():
-		}
-		p.mu.Lock()
-		p.cur = nil
-		p.ready = make(chan struct{})
-		p.mu.Unlock()
-		_ = pc.conn.Close()
-		if why != nil {
-			p.log.WithField("reason", why.Error()).Warn("publisher: connection lost; reconnecting")
+			return s.translate("declare exchange "+d.Exchange, err)
 		}
 	}
-}
-
-func (p *publisher) open(ctx context.Context) (*pubChans, error) {
-	conn, err := p.b.dial(ctx)
-	if err != nil {
-		return nil, err
+	if d.Queue == "" {
+		return nil
 	}
-	pc := &pubChans{conn: conn, returns: make(chan amqp.Return, 16)}
-	if pc.req, err = conn.Channel(); err == nil {
-		err = pc.req.Confirm(false)
+	if _, err := s.ch.QueueDeclare(d.Queue, d.Durable, d.AutoDelete, false, false, amqp.Table(d.Args)); err != nil {
+		return s.translate("declare queue "+d.Queue, err)
 	}
-	if err == nil {
-		if pc.rep, err = conn.Channel(); err == nil {
-			err = pc.rep.Confirm(false)
+	if d.Exchange != "" {
+		if err := s.ch.QueueBind(d.Queue, d.Key, d.Exchange, false, nil); err != nil {
+			return s.translate("bind queue "+d.Queue, err)
 		}
-	}
-	if err != nil {
-		_ = conn.Close()
-		return nil, fmt.Errorf("publisher channels: %w", err)
-	}
-	pc.rep.NotifyReturn(pc.returns)
-	return pc, nil
-}
-
-func (p *publisher) current(ctx context.Context) (*pubChans, error) {
-	for {
-		p.mu.Lock()
-		cur, ready := p.cur, p.ready
-		p.mu.Unlock()
-		if cur != nil {
-			return cur, nil
-		}
-		select {
-		case <-ready:
-		case <-ctx.Done():
-			return nil, fmt.Errorf("publish: %w: not connected: %w", errdefs.ErrUnavailable, context.Cause(ctx))
-		}
-	}
-}
-
-// publish sends m and waits for the broker's confirm, re-sending the same
-// bytes on a new connection when the old one died first (receivers drop
-// the copy by its _unique_id). It returns errUnroutable for a mandatory
-// message the broker could not route.
-func (p *publisher) publish(ctx context.Context, m publishing) error {
-	for {
-		pc, err := p.current(ctx)
-		if err != nil {
-			return err
-		}
-		ch := pc.req
-		if m.mandatory {
-			ch = pc.rep
-			p.repMu.Lock()
-		}
-		acked, err := p.publishOn(ctx, pc, ch, m)
-		if m.mandatory {
-			p.repMu.Unlock()
-		}
-		switch {
-		case errors.Is(err, errUnroutable):
-			return err
-		case err != nil && ctx.Err() != nil:
-			return fmt.Errorf("publish to %q/%q: %w", m.exchange, m.key, err)
-		case err == nil && acked:
-			return nil
-		case err == nil && !ch.IsClosed():
-			return fmt.Errorf("publish to %q/%q: %w: broker nacked", m.exchange, m.key, errdefs.ErrUnavailable)
-		}
-		// The channel died before the confirm: wait for the next one.
-		p.log.WithError(err).Debug("publish: channel closed before the confirm; re-sending")
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("publish to %q/%q: %w", m.exchange, m.key, ctx.Err())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
-
-func (p *publisher) publishOn(ctx context.Context, pc *pubChans, ch *amqp.Channel, m publishing) (bool, error) {
-	if m.mandatory {
-		for len(pc.returns) > 0 { // stale returns of a publish that gave up
-			<-pc.returns
-		}
-	}
-	dc, err := ch.PublishWithDeferredConfirmWithContext(ctx, m.exchange, m.key, m.mandatory, false, m.amqp())
-	if err != nil {
-		return false, err
-	}
-	acked, err := dc.WaitContext(ctx)
-	if err != nil {
-		return false, err
-	}
-	if m.mandatory {
-		select {
-		case r := <-pc.returns:
-			return acked, fmt.Errorf("%w: %s (%d %s)", errUnroutable, m.key, r.ReplyCode, r.ReplyText)
-		default:
-		}
-	}
-	return acked, nil
-}
-
-// queueDecl is one queue to declare and bind.
-type queueDecl struct {
-	name       string
-	exchange   string
-	kind       string // exchange type: topic, fanout
-	exDurable  bool
-	exAutoDel  bool
-	durable    bool
-	autoDelete bool
-	args       map[string]any
-	key        string
-}
-
-// declare declares the exchange and the queue and binds them. A 406 from
-// the broker means the deployment declared them with other settings: that is
-// a configuration error, not something a retry fixes.
-func declare(ch *amqp.Channel, q queueDecl) error {
-	if err := ch.ExchangeDeclare(q.exchange, q.kind, q.exDurable, q.exAutoDel, false, false, nil); err != nil {
-		return declareError("exchange "+q.exchange, err)
-	}
-	if _, err := ch.QueueDeclare(q.name, q.durable, q.autoDelete, false, false, amqp.Table(q.args)); err != nil {
-		return declareError("queue "+q.name, err)
-	}
-	if err := ch.QueueBind(q.name, q.key, q.exchange, false, nil); err != nil {
-		return declareError("binding "+q.name, err)
 	}
 	return nil
 }
 
-// ErrTopologyMismatch: the broker has an exchange or queue with other
-// settings than the configuration asks for.
-var ErrTopologyMismatch = errors.New("queue or exchange settings differ from the broker's")
-
-func declareError(what string, err error) error {
-	var ae *amqp.Error
-	if errors.As(err, &ae) && ae.Code == amqp.PreconditionFailed {
-		return fmt.Errorf("declare %s: %w: %w: %s; make amqp_durable_queues, amqp_auto_delete, rabbit_quorum_queue "+
-			"and rabbit_ha_queues match the deployment's [oslo_messaging_rabbit] settings",
-			what, ErrTopologyMismatch, errdefs.ErrFailedPrecondition, ae.Reason)
-	}
-	return fmt.Errorf("declare %s: %w: %w", what, errdefs.ErrUnavailable, err)
+func (s *amqpSession) DeleteQueue(_ context.Context, queue string) error {
+	_, err := s.ch.QueueDelete(queue, false, false, false)
+	return s.translate("delete queue "+queue, err)
 }
 
-// consumerSession declares queues on a fresh channel and hands every
-// delivery to handle until the connection or the channel closes (returns
-// the reason) or ctx ends (cancels the consumers, returns nil). onReady runs
-// once every consumer is in place.
-func consumerSession(ctx context.Context, conn *amqp.Connection, prefetch int, queues []queueDecl, autoAck bool,
-	handle func(delivery), onReady func()) error {
-	ch, err := conn.Channel()
+func (s *amqpSession) Consume(ctx context.Context, queue string, o ConsumeOptions) (<-chan Delivery, error) {
+	if o.Prefetch > 0 { // applies to the consumers created after it (RabbitMQ: global=false is per consumer)
+		if err := s.ch.Qos(o.Prefetch, 0, false); err != nil {
+			return nil, s.translate("qos", err)
+		}
+	}
+	in, err := s.ch.ConsumeWithContext(ctx, queue, o.Tag, o.AutoAck, o.Exclusive, false, false, nil)
 	if err != nil {
-		return fmt.Errorf("open channel: %w: %w", errdefs.ErrUnavailable, err)
+		return nil, s.translate("consume "+queue, err)
 	}
-	defer ch.Close()
-	connClosed := conn.NotifyClose(make(chan *amqp.Error, 1))
-	chClosed := ch.NotifyClose(make(chan *amqp.Error, 1))
-	cancelled := ch.NotifyCancel(make(chan string, 4))
-	if prefetch > 0 {
-		if err := ch.Qos(prefetch, 0, false); err != nil {
-			return fmt.Errorf("qos: %w: %w", errdefs.ErrUnavailable, err)
-		}
-	}
-	if len(queues) > 3 {
-		return fmt.Errorf("%w: at most three queues per session", errdefs.ErrInvalidArgument)
-	}
-	var ds [3]<-chan amqp.Delivery // a nil channel never delivers
-	for i, q := range queues {
-		if q.exchange != "" {
-			if err := declare(ch, q); err != nil {
-				return err
+	out := make(chan Delivery)
+	s.wg.Go(func() {
+		defer close(out)
+		for d := range in {
+			select {
+			case out <- s.delivery(d):
+			case <-s.done:
+				for range in { // amqp091 closes it when the channel shuts down
+				}
+				return
 			}
-		} else if _, err := ch.QueueDeclare(q.name, q.durable, q.autoDelete, false, false, amqp.Table(q.args)); err != nil {
-			return declareError("queue "+q.name, err)
 		}
-		if ds[i], err = ch.Consume(q.name, fmt.Sprint(i+1), autoAck, false, false, false, nil); err != nil {
-			return declareError("consumer on "+q.name, err)
-		}
-	}
-	if onReady != nil {
-		onReady()
-	}
-	var d amqp.Delivery
-	var ok bool
-	for {
-		select {
-		case d, ok = <-ds[0]:
-		case d, ok = <-ds[1]:
-		case d, ok = <-ds[2]:
-		case e := <-connClosed:
-			return fmt.Errorf("%w: connection closed: %v", errdefs.ErrUnavailable, e)
-		case e := <-chClosed:
-			return fmt.Errorf("%w: channel closed: %v", errdefs.ErrUnavailable, e)
-		case tag := <-cancelled:
-			return fmt.Errorf("%w: broker cancelled consumer %s", errdefs.ErrUnavailable, tag)
-		case <-ctx.Done():
-			for i := range queues {
-				_ = ch.Cancel(fmt.Sprint(i+1), false)
-			}
-			return nil
-		}
-		if !ok {
-			return fmt.Errorf("%w: deliveries ended", errdefs.ErrUnavailable)
-		}
-		handle(fromAMQP(d))
+	})
+	return out, nil
+}
+
+func (s *amqpSession) delivery(d amqp.Delivery) Delivery {
+	return Delivery{
+		Properties: Properties{
+			ContentType: d.ContentType, ContentEncoding: d.ContentEncoding, Headers: d.Headers,
+			DeliveryMode: d.DeliveryMode, Priority: d.Priority, CorrelationID: d.CorrelationId,
+			ReplyTo: d.ReplyTo, Expiration: d.Expiration, MessageID: d.MessageId, Timestamp: d.Timestamp,
+			Type: d.Type, UserID: d.UserId, AppID: d.AppId,
+		},
+		Body: d.Body, Exchange: d.Exchange, RoutingKey: d.RoutingKey, Redelivered: d.Redelivered,
+		Tag: d.DeliveryTag, Acker: (*amqpAcker)(s),
 	}
 }
 
-// closeConn closes a connection without waiting long for a dead peer.
-func closeConn(c *amqp.Connection) {
-	_ = c.CloseDeadline(time.Now().Add(5 * time.Second))
+// amqpAcker settles deliveries on the session's own channel.
+type amqpAcker amqpSession
+
+func (a *amqpAcker) Ack(tag uint64) error {
+	s := (*amqpSession)(a)
+	return s.translate("ack", s.ch.Ack(tag, false))
+}
+
+func (a *amqpAcker) Nack(tag uint64, requeue bool) error {
+	s := (*amqpSession)(a)
+	return s.translate("nack", s.ch.Nack(tag, false, requeue))
+}
+
+func (s *amqpSession) Publish(ctx context.Context, p Publishing) error {
+	if p.Mandatory && p.MessageID == "" {
+		return fmt.Errorf("publish: %w: a mandatory publish needs a message_id", errdefs.ErrInvalidArgument)
+	}
+	msg := amqp.Publishing{
+		ContentType: p.ContentType, ContentEncoding: p.ContentEncoding, Headers: amqp.Table(p.Headers),
+		DeliveryMode: p.DeliveryMode, Priority: p.Priority, CorrelationId: p.CorrelationID, ReplyTo: p.ReplyTo,
+		Expiration: p.Expiration, MessageId: p.MessageID, Timestamp: p.Timestamp, Type: p.Type, UserId: p.UserID,
+		AppId: p.AppID, Body: p.Body,
+	}
+	msgID := ""
+	if p.Mandatory {
+		msgID = p.MessageID
+	}
+	s.pubMu.Lock()
+	tag := s.ch.GetNextPublishSeqNo()
+	done, err := s.track.add(tag, msgID)
+	if err == nil {
+		if err = s.ch.PublishWithContext(ctx, p.Exchange, p.Key, p.Mandatory, false, msg); err != nil {
+			s.track.forget(tag)
+		}
+	}
+	s.pubMu.Unlock()
+	if err != nil {
+		return s.translate(fmt.Sprintf("publish to %q/%q", p.Exchange, p.Key), err)
+	}
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		s.track.forget(tag)
+		return fmt.Errorf("publish to %q/%q: no confirm: %w", p.Exchange, p.Key, context.Cause(ctx))
+	}
 }

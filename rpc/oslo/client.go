@@ -5,8 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -38,16 +36,26 @@ type CallOptions struct {
 // ClientOptions configure a Client.
 type ClientOptions struct {
 	URL       TransportURL
+	TLS       TLSOptions    // [oslo_messaging_rabbit] ssl options; URL's query overrides them
+	Transport Transport     // default: amqp091-go to URL
 	Exchange  string        // default "nova"
 	Timeout   time.Duration // default call timeout; default 60s
-	Heartbeat time.Duration // AMQP heartbeat; default 60s
-	Queues    QueueOptions  // the reply queue's x-expires and HA settings
+	// Heartbeat is heartbeat_timeout_threshold: a dead broker is noticed
+	// within it; default 60s.
+	Heartbeat time.Duration
+	Queues    QueueOptions // the reply queue's x-expires and HA settings
+	// OnResumed is called each time the client's publisher can reach the
+	// broker again after losing it (work held back by the outage may go
+	// now); nil for none. It must not block.
+	OnResumed func()
+	Observer  Observer // learns of lost and resumed sessions; nil for none
 	Log       *logrus.Entry
 }
 
 // Client sends calls and casts. Its reply queue ("reply_<hex>", kept across
-// reconnects) is consumed on a connection of its own, declared before the
-// first call; publishes go through another connection with confirms.
+// reconnects) is consumed on a session of its own, declared before the
+// first call; publishes go through another session with confirms. Each
+// keeps itself connected, through any broker outage, until Close.
 type Client struct {
 	o      ClientOptions
 	pub    *publisher
@@ -56,7 +64,7 @@ type Client struct {
 	mu      sync.Mutex
 	waiters map[string]chan replyEvent
 
-	ready  chan struct{} // closed when the reply consumer first runs
+	ready  chan struct{} // closed when the reply queue is first consumed
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 }
@@ -66,11 +74,14 @@ type replyEvent struct {
 	failure *Failure
 }
 
-// NewClient starts the client's connections and waits (up to ctx) until its
-// reply queue is consumed.
+// NewClient starts the client's sessions in the background and returns
+// at once: it does not wait for the broker, so a process can start (and
+// do what needs no RPC) while the broker is unreachable. Ready is closed
+// once the reply queue is consumed; a call made before waits for that
+// within its own timeout. ctx is not kept.
 func NewClient(ctx context.Context, o ClientOptions) (*Client, error) {
-	if len(o.URL.Hosts) == 0 {
-		return nil, fmt.Errorf("oslo client: %w: no transport URL", errdefs.ErrInvalidArgument)
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("oslo client: %w", err)
 	}
 	if o.Exchange == "" {
 		o.Exchange = "nova"
@@ -88,23 +99,30 @@ func NewClient(ctx context.Context, o ClientOptions) (*Client, error) {
 		o.Log = logrus.NewEntry(logrus.StandardLogger())
 	}
 	o.Log = o.Log.WithField("component", "oslo-client")
-	name := fmt.Sprintf("%s:%d:%s", filepath.Base(os.Args[0]), os.Getpid(), newID())
-	b := &broker{url: o.URL, heartbeat: o.Heartbeat, name: name, log: o.Log}
-	c := &Client{o: o, pub: newPublisher(b, o.Log), replyQ: "reply_" + newID(),
+	t, err := transportFor(o.Transport, o.URL, o.TLS, o.Heartbeat)
+	if err != nil {
+		return nil, fmt.Errorf("oslo client: %w", err)
+	}
+	c := &Client{o: o, pub: newPublisher(), replyQ: "reply_" + newID(),
 		waiters: map[string]chan replyEvent{}, ready: make(chan struct{})}
 	runCtx, cancel := context.WithCancel(context.Background())
 	c.cancel = cancel
-	c.wg.Add(2)
-	go func() { defer c.wg.Done(); c.pub.run(runCtx) }()           // owner: Client
-	go func() { defer c.wg.Done(); c.consumeReplies(runCtx, b) }() // owner: Client
-	select {
-	case <-c.ready:
-		return c, nil
-	case <-ctx.Done():
-		c.Close()
-		return nil, fmt.Errorf("oslo client: reply queue not ready: %w: %w", errdefs.ErrUnavailable, context.Cause(ctx))
+	obs := observer(o.Observer)
+	pubLink := link{t: t, what: "publisher", log: o.Log, onResume: o.OnResumed, name: LinkClientPublisher, obs: obs}
+	replyLink := link{t: t, what: "reply consumer", log: o.Log, name: LinkClientReplies, obs: obs}
+	c.wg.Go(func() { c.stopped(pubLink.run(runCtx, c.pub.serve)) })
+	c.wg.Go(func() { c.stopped(replyLink.run(runCtx, c.consumeReplies)) })
+	return c, nil
+}
+
+func (c *Client) stopped(err error) {
+	if err != nil {
+		c.o.Log.WithError(err).Error("client stopped")
 	}
 }
+
+// Ready is closed once the reply queue is consumed for the first time.
+func (c *Client) Ready() <-chan struct{} { return c.ready }
 
 // Close stops the client; pending calls fail.
 func (c *Client) Close() error {
@@ -113,41 +131,42 @@ func (c *Client) Close() error {
 	return nil
 }
 
-func (c *Client) consumeReplies(ctx context.Context, b *broker) {
+// consumeReplies is the reply consumer link's use.
+func (c *Client) consumeReplies(ctx context.Context, s Session, up func()) error {
 	args := map[string]any{"x-expires": int32(c.o.Queues.TransientTTL.Milliseconds())}
 	if c.o.Queues.HA {
 		args["x-ha-policy"] = "all"
 	}
-	q := []queueDecl{{name: c.replyQ, args: args}}
-	var bo backoff
-	var once sync.Once
-	for ctx.Err() == nil {
-		conn, err := b.dial(ctx)
-		if err != nil {
-			c.o.Log.WithError(err).Warn("reply consumer: broker unreachable; retrying")
-			if bo.wait(ctx) != nil {
-				return
+	if err := s.Declare(ctx, Declaration{Queue: c.replyQ, Args: args}); err != nil {
+		return declareError(Declaration{Queue: c.replyQ}, err)
+	}
+	in, err := s.Consume(ctx, c.replyQ, ConsumeOptions{Tag: "1", AutoAck: true})
+	if err != nil {
+		return fmt.Errorf("consume %s: %w", c.replyQ, err)
+	}
+	select {
+	case <-c.ready:
+	default:
+		close(c.ready)
+	}
+	up()
+	for {
+		select {
+		case d, ok := <-in:
+			if !ok {
+				return fmt.Errorf("%w: the reply consumer ended", ErrSessionClosed)
 			}
-			continue
-		}
-		started := time.Now()
-		err = consumerSession(ctx, conn, 0, q, true, c.route, func() { once.Do(func() { close(c.ready) }) })
-		closeConn(conn)
-		if err == nil {
-			return
-		}
-		c.o.Log.WithError(err).Warn("reply consumer lost; reconnecting")
-		if time.Since(started) > 10*time.Second {
-			bo.reset()
-		}
-		if bo.wait(ctx) != nil {
-			return
+			c.route(d)
+		case <-s.Done():
+			return s.Err()
+		case <-ctx.Done():
+			return nil
 		}
 	}
 }
 
-func (c *Client) route(d delivery) {
-	msg, f, err := decodeReply(d.body)
+func (c *Client) route(d Delivery) {
+	msg, f, err := decodeReply(d.Body)
 	if err != nil {
 		c.o.Log.WithError(err).Warn("undecodable reply dropped")
 		return
@@ -207,7 +226,10 @@ func (c *Client) address(t Target) (exchange, key string) {
 	return c.o.Exchange, t.Topic
 }
 
-// Cast sends a message that gets no reply.
+// Cast sends a message that gets no reply. It waits for the broker's
+// confirm up to the timeout (CallOptions.Timeout, else the client's), and
+// fails with errdefs.ErrUnavailable when the broker cannot be reached in
+// that time.
 func (c *Client) Cast(ctx context.Context, t Target, method string, args any, o CallOptions) error {
 	m, err := c.request(t, method, args, o, "")
 	if err != nil {
@@ -217,8 +239,16 @@ func (c *Client) Cast(ctx context.Context, t Target, method string, args any, o 
 	if err != nil {
 		return fmt.Errorf("cast %s: %w: %w", method, errdefs.ErrInvalidArgument, err)
 	}
+	if o.Timeout == 0 {
+		o.Timeout = c.o.Timeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.Timeout)
+	defer cancel()
 	ex, key := c.address(t)
-	return c.pub.publish(ctx, publishing{exchange: ex, key: key, body: body})
+	if err := c.pub.publish(ctx, Publishing{Exchange: ex, Key: key, Properties: osloProperties(0), Body: body}); err != nil {
+		return fmt.Errorf("cast %s: %w", method, err)
+	}
+	return nil
 }
 
 // Call sends a request and waits for its reply: the result as raw JSON, a
@@ -253,8 +283,17 @@ func (c *Client) Call(ctx context.Context, t Target, method string, args any, o 
 	defer deadline.Stop()
 	ex, key := c.address(t)
 	pctx, pcancel := context.WithTimeout(ctx, o.Timeout)
-	err = c.pub.publish(pctx, publishing{exchange: ex, key: key, expiration: o.Timeout, body: body})
-	pcancel()
+	defer pcancel()
+	select { // the reply queue must exist before the call goes out
+	case <-c.ready:
+	case <-pctx.Done():
+		return nil, fmt.Errorf("call %s to %s: %w: %w: no reply queue within %s: %w", method, key, errdefs.ErrUnavailable,
+			ErrTimeout, o.Timeout, context.Cause(pctx))
+	}
+	err = c.pub.publish(pctx, Publishing{Exchange: ex, Key: key, Properties: osloProperties(o.Timeout), Body: body})
+	if errors.Is(err, errdefs.ErrUnavailable) && pctx.Err() != nil && ctx.Err() == nil {
+		return nil, fmt.Errorf("call %s to %s: %w: %w", method, key, ErrTimeout, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("call %s: %w", method, err)
 	}

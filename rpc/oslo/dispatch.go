@@ -152,11 +152,27 @@ func (d *dedup) first(id string) bool {
 	if _, ok := d.seen[id]; ok {
 		return false
 	}
+	d.add(id)
+	return true
+}
+
+// has reports whether id was remembered, without remembering it.
+func (d *dedup) has(id string) bool {
+	if id == "" {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	_, ok := d.seen[id]
+	return ok
+}
+
+// add remembers id; d.mu is held.
+func (d *dedup) add(id string) {
 	if old := d.ring[d.next]; old != "" {
 		delete(d.seen, old)
 	}
 	d.ring[d.next] = id
 	d.seen[id] = struct{}{}
 	d.next = (d.next + 1) % len(d.ring)
-	return true
 }

@@ -77,6 +77,13 @@ func UnsupportedVersion(version, method string) *Failure {
 		Message: fmt.Sprintf("Endpoint does not support RPC version %s. Attempted method: %s", version, method)}
 }
 
+// unsupportedEnvelope is oslo's own error for an envelope of another
+// version (oslo_messaging/_drivers/common.py).
+func unsupportedEnvelope(version string) *Failure {
+	return &Failure{Class: "UnsupportedRpcEnvelopeVersion", Module: "oslo_messaging._drivers.common",
+		Message: fmt.Sprintf("Specified RPC envelope version, %s, not supported by this endpoint.", version)}
+}
+
 // defaultFailure turns any error into a Failure: the error's own *Failure
 // when it wraps one, a builtins.ValueError for malformed messages, else a
 // builtins.RuntimeError.

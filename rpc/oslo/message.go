@@ -19,9 +19,7 @@ const (
 	contentType     = "application/json"
 	contentEncoding = "utf-8"
 	contextPrefix   = "_context_"
-	// MaxMessageSize bounds what the server serves; bigger messages get a
-	// failure reply (calls, when the reply address can be read from a body
-	// of up to four times this size) or a logged rejection (casts).
+	// MaxMessageSize is the default bound of ServerOptions.MaxMessageSize.
 	MaxMessageSize = 32 << 20
 )
 
@@ -46,16 +44,15 @@ func (m *Message) IsCall() bool { return m.MsgID != "" && m.ReplyQ != "" }
 var errMalformed = errors.New("malformed RPC message")
 
 // decodeMessage decodes a delivery body. On error it still returns whatever
-// reply address it could read, so that the caller gets a failure reply.
-func decodeMessage(ctype string, body []byte) (Message, error) {
+// reply address it could read, so that the caller gets a failure reply. A
+// body over limit bytes is not parsed: one pass over its bytes looks for
+// the reply address, copying nothing.
+func decodeMessage(ctype string, body []byte, limit int) (Message, error) {
+	if len(body) > limit {
+		return peekAddress(body), fmt.Errorf("%w: %d bytes, more than %d", errMalformed, len(body), limit)
+	}
 	var m Message
-	if len(body) > 4*MaxMessageSize { // too big even to look for a reply address
-		return m, fmt.Errorf("%w: %d bytes, more than %d", errMalformed, len(body), MaxMessageSize)
-	}
 	raw, err := unwrap(body)
-	if err != nil {
-		return m, err
-	}
 	for k, v := range raw {
 		switch {
 		case strings.HasPrefix(k, contextPrefix):
@@ -72,8 +69,8 @@ func decodeMessage(ctype string, body []byte) (Message, error) {
 		}
 	}
 	// From here on, errors keep the reply address.
-	if len(body) > MaxMessageSize {
-		return m, fmt.Errorf("%w: %d bytes, more than %d", errMalformed, len(body), MaxMessageSize)
+	if err != nil {
+		return m, err
 	}
 	if ctype != contentType {
 		return m, fmt.Errorf("%w: content type %q, want %q", errMalformed, ctype, contentType)
@@ -101,7 +98,7 @@ func decodeMessage(ctype string, body []byte) (Message, error) {
 		}
 	}
 	if a, present := raw["args"]; present && !isNull(a) {
-		if err := json.Unmarshal(a, &m.Args); err != nil {
+		if m.Args, ok = object(a); !ok {
 			return m, fmt.Errorf("%w: args is not an object", errMalformed)
 		}
 	}
@@ -111,29 +108,109 @@ func decodeMessage(ctype string, body []byte) (Message, error) {
 	return m, nil
 }
 
-// unwrap returns the inner message of an envelope, or the bare message.
+// unwrap returns the inner message of an envelope, or the bare message. An
+// envelope of another version is an error, with the inner message as far
+// as it reads (oslo's own servers drop such a message without a word; a
+// caller whose reply address can be read is better told why). The map's
+// values are pieces of the body (or of the unescaped inner message), not
+// copies.
 func unwrap(body []byte) (map[string]json.RawMessage, error) {
-	var outer map[string]json.RawMessage
-	if err := json.Unmarshal(body, &outer); err != nil {
+	outer, ok := object(body)
+	if !ok {
 		return nil, fmt.Errorf("%w: body is not a JSON object", errMalformed)
 	}
-	ver, ok := outer["oslo.version"]
-	if !ok {
+	ver, enveloped := outer["oslo.version"]
+	if !enveloped {
 		return outer, nil
 	}
-	vs, _ := jsonString(ver)
-	if !compatibleEnvelope(vs) {
-		return nil, fmt.Errorf("%w: envelope version %s", errMalformed, ver)
-	}
-	inner, ok := jsonString(outer["oslo.message"])
-	if !ok {
-		return nil, fmt.Errorf("%w: oslo.message is not a string", errMalformed)
-	}
 	var m map[string]json.RawMessage
-	if err := json.Unmarshal([]byte(inner), &m); err != nil {
+	inner, isString := jsonString(outer["oslo.message"])
+	if isString {
+		m, _ = object([]byte(inner))
+	}
+	if vs, isStr := jsonString(ver); !compatibleEnvelope(vs) {
+		if !isStr {
+			vs = string(ver)
+		}
+		return m, fmt.Errorf("%w: %w", errMalformed, unsupportedEnvelope(vs))
+	}
+	switch {
+	case !isString:
+		return nil, fmt.Errorf("%w: oslo.message is not a string", errMalformed)
+	case m == nil:
 		return nil, fmt.Errorf("%w: oslo.message is not a JSON object", errMalformed)
 	}
 	return m, nil
+}
+
+// object decodes a JSON object into its members, as encoding/json does
+// into a map[string]json.RawMessage (the last of repeated keys wins), but
+// without copying the values: they are pieces of b. It reports false for
+// what is not valid JSON or not an object.
+func object(b []byte) (map[string]json.RawMessage, bool) {
+	if !json.Valid(b) {
+		return nil, false
+	}
+	i := skipSpace(b, 0)
+	if b[i] != '{' {
+		return nil, false
+	}
+	m := map[string]json.RawMessage{}
+	i = skipSpace(b, i+1)
+	for b[i] != '}' { // valid JSON: every index below is in range
+		end := valueEnd(b, i)
+		key, _ := jsonString(b[i:end])
+		i = skipSpace(b, skipSpace(b, end)+1) // past the ':'
+		end = valueEnd(b, i)
+		m[key] = b[i:end:end]
+		if i = skipSpace(b, end); b[i] == ',' {
+			i = skipSpace(b, i+1)
+		}
+	}
+	return m, true
+}
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// valueEnd is the index just past the (valid) JSON value at b[i].
+func valueEnd(b []byte, i int) int {
+	switch b[i] {
+	case '"':
+		for j := i + 1; j < len(b); j++ {
+			switch b[j] {
+			case '\\':
+				j++
+			case '"':
+				return j + 1
+			}
+		}
+	case '{', '[':
+		depth := 0
+		for j := i; j < len(b); j++ {
+			switch b[j] {
+			case '"':
+				j = valueEnd(b, j) - 1
+			case '{', '[':
+				depth++
+			case '}', ']':
+				if depth--; depth == 0 {
+					return j + 1
+				}
+			}
+		}
+	default: // a number, true, false or null
+		j := i
+		for j < len(b) && b[j] != ',' && b[j] != '}' && b[j] != ']' && b[j] != ' ' && b[j] != '\t' && b[j] != '\n' && b[j] != '\r' {
+			j++
+		}
+		return j
+	}
+	return len(b)
 }
 
 // compatibleEnvelope: same major as 2.0 and a minor no higher.
@@ -146,7 +223,21 @@ func compatibleEnvelope(v string) bool {
 	return err == nil && n == 0
 }
 
+// jsonString decodes a JSON string. Most are plain (ids, names): those are
+// sliced out without a trip through encoding/json.
 func jsonString(v json.RawMessage) (string, bool) {
+	if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+		plain := true
+		for _, c := range v[1 : len(v)-1] {
+			if c == '\\' || c == '"' || c < 0x20 || c >= 0x80 {
+				plain = false
+				break
+			}
+		}
+		if plain {
+			return string(v[1 : len(v)-1]), true
+		}
+	}
 	if v == nil {
 		return "", false
 	}
@@ -165,7 +256,44 @@ func envelope(inner any) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return json.Marshal(map[string]string{"oslo.version": envelopeVersion, "oslo.message": string(b)})
+	return wrap(b), nil
+}
+
+// wrap puts an inner message (JSON) into the 2.0 envelope.
+func wrap(inner []byte) []byte {
+	out := make([]byte, 0, len(inner)+len(inner)/8+48)
+	out = append(out, `{"oslo.version": "`+envelopeVersion+`", "oslo.message": `...)
+	return append(appendString(out, inner), '}')
+}
+
+// appendString appends s as a JSON string: quotes, backslashes and control
+// characters escaped, the rest (UTF-8 included) as is.
+func appendString(out, s []byte) []byte {
+	const hex = "0123456789abcdef"
+	out = append(out, '"')
+	start := 0
+	for i, c := range s {
+		var esc string
+		switch {
+		case c == '"':
+			esc = `\"`
+		case c == '\\':
+			esc = `\\`
+		case c == '\n':
+			esc = `\n`
+		case c == '\r':
+			esc = `\r`
+		case c == '\t':
+			esc = `\t`
+		case c < 0x20:
+			esc = `\u00` + string(hex[c>>4]) + string(hex[c&0xf])
+		default:
+			continue
+		}
+		out = append(append(out, s[start:i]...), esc...)
+		start = i + 1
+	}
+	return append(append(out, s[start:]...), '"')
 }
 
 // replyMsg is the inner reply. Every key is always present: a Python caller
@@ -178,19 +306,28 @@ type replyMsg struct {
 	UniqueID string          `json:"_unique_id"`
 }
 
+// encodeReply builds a reply in its envelope; result must be valid JSON
+// (nil for null).
 func encodeReply(msgID string, result json.RawMessage, failure *Failure, ending bool) ([]byte, error) {
-	r := replyMsg{Result: result, Ending: ending, MsgID: msgID, UniqueID: newID()}
-	if r.Result == nil {
-		r.Result = json.RawMessage("null")
+	if result == nil {
+		result = json.RawMessage("null")
 	}
+	inner := make([]byte, 0, len(result)+160)
+	inner = append(append(append(inner, `{"result": `...), result...), `, "failure": `...)
 	if failure != nil {
 		s, err := failure.marshal()
 		if err != nil {
 			return nil, err
 		}
-		r.Failure = &s
+		inner = appendString(inner, []byte(s))
+	} else {
+		inner = append(inner, "null"...)
 	}
-	return envelope(r)
+	inner = append(inner, `, "ending": `...)
+	inner = strconv.AppendBool(inner, ending)
+	inner = appendString(append(inner, `, "_msg_id": `...), []byte(msgID))
+	inner = appendString(append(inner, `, "_unique_id": `...), []byte(newID()))
+	return wrap(append(inner, '}')), nil
 }
 
 func init() { uuid.EnableRandPool() } // one getrandom per 16 ids, not per id

@@ -2,11 +2,8 @@ package oslo
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -17,6 +14,14 @@ import (
 
 // ErrServerClosed is returned by Serve after Shutdown.
 var ErrServerClosed = errors.New("oslo: server closed")
+
+// ErrTopologyMismatch: the broker has an exchange or queue with other
+// settings than the configuration asks for.
+var ErrTopologyMismatch = errors.New("queue or exchange settings differ from the broker's")
+
+// ErrQueueInUse: the host's queue has another consumer, so the broker
+// refused the server's exclusive one.
+var ErrQueueInUse = errors.New("the host's queue has another consumer")
 
 // QueueOptions mirror [oslo_messaging_rabbit] of the deployment: the broker
 // refuses a declare whose flags differ from the existing queue's.
@@ -31,45 +36,98 @@ type QueueOptions struct {
 
 // ServerOptions configure a Server. Zero values mean oslo's defaults.
 type ServerOptions struct {
-	URL         TransportURL
-	Exchange    string        // control_exchange; default "nova"
-	Topic       string        // default "compute"
-	Server      string        // host name: consumes <topic>.<server>; required
-	NoFanout    bool          // do not consume <topic>_fanout
-	Queues      QueueOptions  //
-	Prefetch    int           // rabbit_qos_prefetch_count; 0 = no basic.qos
-	Heartbeat   time.Duration // AMQP heartbeat; default 60s
-	MaxInFlight int           // concurrent handlers; default 64 (executor_thread_pool_size)
-	ReplyRetry  time.Duration // how long an unroutable reply is retried; default 60s
-	DedupSize   int           // remembered _unique_ids; default 1024
+	URL       TransportURL
+	TLS       TLSOptions // [oslo_messaging_rabbit] ssl options; URL's query overrides them
+	Transport Transport  // default: amqp091-go to URL
+	Exchange  string     // control_exchange; default "nova"
+	Topic     string     // default "compute"
+	Server    string     // host name: consumes <topic>.<server>; required
+	// Queue is the host's queue, bound to Exchange with the key
+	// <topic>.<server> and consumed exclusively; default "<topic>.<server>".
+	// Companion mode names its own (e.g. "ferry.compute.<host>").
+	Queue    string
+	NoFanout bool         // do not consume <topic>_fanout
+	Queues   QueueOptions //
+	// Prefetch is how many unsettled deliveries the broker hands each
+	// consumer; default MaxInFlight plus a reserve for the priority lane.
+	// Less than that lets ordinary requests fill the window the lane needs.
+	Prefetch int
+	// Heartbeat is heartbeat_timeout_threshold: a dead broker is noticed
+	// within it; default 60s.
+	Heartbeat   time.Duration
+	MaxInFlight int // concurrent handlers; default 64 (executor_thread_pool_size)
+	// Priority names methods served in a lane of their own, so that they
+	// never wait behind ordinary requests (an operator's abort or
+	// force-complete of a running migration).
+	Priority   []string
+	ReplyRetry time.Duration // how long an unroutable reply is retried; default 60s
+	// MaxMessageSize bounds the bodies the server parses, checked before
+	// any parsing; default MaxMessageSize. A call over it gets a failure
+	// reply (its reply address is read in one pass over the bytes), a cast
+	// over it is rejected.
+	MaxMessageSize int
+	DedupSize      int // remembered _unique_ids; default 1024
+	// Forward, when set, is companion mode: only the host's queue is
+	// consumed (the topic queue and the fanout stay nova-compute's), the
+	// methods Forward.Owned are served here, and every other message is
+	// republished unchanged to Forward.To.
+	Forward *Forward
 	// Failure maps a handler error to the exception the caller re-raises;
 	// default: the error's *Failure, else builtins.RuntimeError.
 	Failure func(error) *Failure
-	Log     *logrus.Entry
+	// Observer learns of every request served and of lost and resumed
+	// sessions; nil for none.
+	Observer Observer
+	Log      *logrus.Entry
 }
 
+// Forward routes what a companion-mode server does not own.
+type Forward struct {
+	To    string   // nova-compute's queue, e.g. "compute.<host>", reached through the default exchange
+	Owned []string // methods served here
+	// Tapped methods are forwarded and also shown to the handler first, in
+	// the forwarder's order; the handler's result and error are only
+	// logged (external_instance_event: a plug event a migration here
+	// waits for is nova-compute's to see too).
+	Tapped []string
+}
+
+const (
+	priorityWorkers = 8  // the priority lane's handlers
+	prefetchReserve = 16 // prefetch beyond MaxInFlight, for the priority lane and forwards
+	queuedPerWorker = 4  // requests waiting for a handler, per handler
+)
+
 // Server consumes the queues a Python RPC server on host Server consumes
-// (<topic>, <topic>.<server> and a fanout queue) and serves each delivery in
-// its own goroutine, so a cast such as an abort runs while a long call does.
+// (<topic>, <topic>.<server> and a fanout queue) and serves each delivery
+// in a handler of its lane, so a cast such as an abort runs while long
+// calls do.
 type Server struct {
-	o       ServerOptions
-	h       Handler
-	b       *broker
-	pub     *publisher
-	dedup   *dedup
-	fanoutQ string
-	slots   chan struct{}
+	o        ServerOptions
+	h        Handler
+	consumer link
+	pubLink  link
+	pub      *publisher
+	dedup    *dedup
+	obsolete *obsoleteQueues
+	fanoutQ  string
+	priority map[string]bool
+	owned    map[string]bool
+	tapped   map[string]bool
+
+	normal, urgent chan job
+	forwards       chan job
 
 	mu       sync.Mutex
 	serving  bool
 	stop     context.CancelFunc // stops consuming
-	handlers sync.WaitGroup     // in-flight handlers
-	hctx     context.Context    // handlers' base context
-	hcancel  context.CancelFunc // cancels handlers when Shutdown's ctx ends first
+	work     sync.WaitGroup     // queued and running handlers, reply retries, forwards
+	hctx     context.Context    // handlers' and retries' base context
+	hcancel  context.CancelFunc // cancels them when Shutdown's ctx ends first
 	done     chan struct{}      // closed when Serve has returned
 	ready    chan struct{}      // closed once consuming
 	readyOne sync.Once
-	obsolete sync.Map // reply queue → time it was found gone
+	lostAt   time.Time // when the last session was lost; zero before
 }
 
 // NewServer validates the options; nothing touches the network before Serve.
@@ -80,8 +138,8 @@ func NewServer(o ServerOptions, h Handler) (*Server, error) {
 	if o.Queues.Quorum && o.Queues.HA {
 		return nil, fmt.Errorf("oslo server: %w: rabbit_quorum_queue and rabbit_ha_queues cannot both be set", errdefs.ErrInvalidArgument)
 	}
-	if len(o.URL.Hosts) == 0 {
-		return nil, fmt.Errorf("oslo server: %w: no transport URL", errdefs.ErrInvalidArgument)
+	if o.Forward != nil && o.Forward.To == "" {
+		return nil, fmt.Errorf("oslo server: %w: forwarding without a target queue", errdefs.ErrInvalidArgument)
 	}
 	def := func(d *string, v string) {
 		if *d == "" {
@@ -90,14 +148,24 @@ func NewServer(o ServerOptions, h Handler) (*Server, error) {
 	}
 	def(&o.Exchange, "nova")
 	def(&o.Topic, "compute")
+	def(&o.Queue, o.Topic+"."+o.Server)
+	if o.Forward != nil && o.Forward.To == o.Queue {
+		return nil, fmt.Errorf("oslo server: %w: forwarding %s to itself", errdefs.ErrInvalidArgument, o.Queue)
+	}
 	if o.Heartbeat == 0 {
 		o.Heartbeat = 60 * time.Second
 	}
 	if o.MaxInFlight <= 0 {
 		o.MaxInFlight = 64
 	}
+	if o.Prefetch <= 0 {
+		o.Prefetch = o.MaxInFlight + prefetchReserve
+	}
 	if o.ReplyRetry == 0 {
 		o.ReplyRetry = 60 * time.Second
+	}
+	if o.MaxMessageSize <= 0 {
+		o.MaxMessageSize = MaxMessageSize
 	}
 	if o.DedupSize <= 0 {
 		o.DedupSize = 1024
@@ -112,22 +180,49 @@ func NewServer(o ServerOptions, h Handler) (*Server, error) {
 		o.Log = logrus.NewEntry(logrus.StandardLogger())
 	}
 	o.Log = o.Log.WithField("component", "oslo-server")
-	name := fmt.Sprintf("%s:%d:%s", filepath.Base(os.Args[0]), os.Getpid(), newID())
-	b := &broker{url: o.URL, heartbeat: o.Heartbeat, name: name, log: o.Log}
+	o.Observer = observer(o.Observer)
+	t, err := transportFor(o.Transport, o.URL, o.TLS, o.Heartbeat)
+	if err != nil {
+		return nil, fmt.Errorf("oslo server: %w", err)
+	}
 	s := &Server{
-		o: o, h: h, b: b, pub: newPublisher(b, o.Log), dedup: newDedup(o.DedupSize),
-		fanoutQ: o.Topic + "_fanout_" + newID(), slots: make(chan struct{}, o.MaxInFlight),
+		o: o, h: h, pub: newPublisher(), dedup: newDedup(o.DedupSize), obsolete: newObsoleteQueues(o.ReplyRetry),
+		consumer: link{t: t, what: "consumer", log: o.Log, name: LinkServerConsumer, obs: o.Observer},
+		pubLink:  link{t: t, what: "publisher", log: o.Log, name: LinkServerPublisher, obs: o.Observer},
+		fanoutQ:  o.Topic + "_fanout_" + newID(), priority: set(o.Priority),
+		normal: make(chan job, queuedPerWorker*o.MaxInFlight), urgent: make(chan job, queuedPerWorker*priorityWorkers),
 		done: make(chan struct{}), ready: make(chan struct{}),
+	}
+	if o.Forward != nil {
+		s.owned, s.tapped = set(o.Forward.Owned), set(o.Forward.Tapped)
+		s.forwards = make(chan job, o.Prefetch)
 	}
 	s.hctx, s.hcancel = context.WithCancel(context.Background())
 	return s, nil
 }
 
+func set(names []string) map[string]bool {
+	m := make(map[string]bool, len(names))
+	for _, n := range names {
+		m[n] = true
+	}
+	return m
+}
+
 // Ready is closed once the server consumes its queues for the first time.
 func (s *Server) Ready() <-chan struct{} { return s.ready }
 
-func (s *Server) queues() []queueDecl {
-	q := s.o.Queues
+// consumed is one queue the server declares and consumes.
+type consumed struct {
+	Declaration
+	exclusive bool
+}
+
+// Topic is how oslo declares a topic consumer (declare_topic_consumer):
+// the control exchange, a queue on it and their binding, with the
+// deployment's flags. Anything that declares a queue or exchange a Python
+// service declares too uses it, or the broker answers 406.
+func (q QueueOptions) Topic(exchange, queue, key string) Declaration {
 	durable := q.Durable || q.Quorum
 	args := map[string]any{}
 	if q.HA {
@@ -139,27 +234,38 @@ func (s *Server) queues() []queueDecl {
 			args["x-delivery-limit"] = int32(q.QuorumDeliveryLimit)
 		}
 	}
-	topic := func(name string) queueDecl {
-		return queueDecl{name: name, exchange: s.o.Exchange, kind: "topic", exDurable: durable, exAutoDel: q.AutoDelete,
-			durable: durable, autoDelete: q.AutoDelete, args: args, key: name}
+	return Declaration{Exchange: exchange, ExchangeKind: "topic", ExchangeDurable: durable,
+		ExchangeAutoDelete: q.AutoDelete, Queue: queue, Durable: durable, AutoDelete: q.AutoDelete, Args: args, Key: key}
+}
+
+func (s *Server) queues() []consumed {
+	q := s.o.Queues
+	topic := func(name, key string) Declaration { return q.Topic(s.o.Exchange, name, key) }
+	// Only the host's queue is exclusive: the topic queue is shared by
+	// every compute, and the fanout queue is this process's own.
+	host := consumed{topic(s.o.Queue, s.o.Topic+"."+s.o.Server), true}
+	if s.o.Forward != nil {
+		return []consumed{host}
 	}
-	qs := []queueDecl{topic(s.o.Topic), topic(s.o.Topic + "." + s.o.Server)}
+	qs := []consumed{{topic(s.o.Topic, s.o.Topic), false}, host}
 	if !s.o.NoFanout {
 		fargs := map[string]any{"x-expires": int32(q.TransientTTL.Milliseconds())}
 		if q.HA {
 			fargs["x-ha-policy"] = "all"
 		}
-		qs = append(qs, queueDecl{name: s.fanoutQ, exchange: s.o.Topic + "_fanout", kind: "fanout",
-			exAutoDel: true, args: fargs, key: s.o.Topic})
+		qs = append(qs, consumed{Declaration{Exchange: s.o.Topic + "_fanout", ExchangeKind: "fanout",
+			ExchangeAutoDelete: true, Queue: s.fanoutQ, Args: fargs, Key: s.o.Topic}, false})
 	}
 	return qs
 }
 
-// Serve consumes until Shutdown (then it returns ErrServerClosed) or until
-// the broker reports that the queues exist with other settings (a
-// configuration error naming them). Lost connections are re-established with
-// backoff, and every queue is declared again, the fanout queue with the
-// same name.
+// Serve consumes until Shutdown (then it returns ErrServerClosed), until
+// the broker reports that the queues exist with other settings
+// (ErrTopologyMismatch, naming them), or until it refuses the exclusive
+// consumer of the host's queue (ErrQueueInUse). While the broker is
+// unreachable it keeps trying; a lost connection is re-established with
+// backoff and every queue declared again, the fanout queue with the same
+// name.
 func (s *Server) Serve(ctx context.Context) error {
 	s.mu.Lock()
 	if s.serving {
@@ -173,52 +279,32 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer close(s.done)
 	defer stop()
 
-	var pubWG sync.WaitGroup
+	var bg sync.WaitGroup
 	pubCtx, pubStop := context.WithCancel(context.Background())
-	pubWG.Add(1)
-	go func() { defer pubWG.Done(); s.pub.run(pubCtx) }() // owner: Serve
-	defer func() {
-		s.handlers.Wait() // handlers may still reply
-		pubStop()
-		pubWG.Wait()
-	}()
+	bg.Go(func() { _ = s.pubLink.run(pubCtx, s.pub.serve) }) // replies go out until the handlers are done
+	s.startLanes(&bg)
 
 	s.o.Log.WithFields(logrus.Fields{"broker": s.o.URL.String(), "exchange": s.o.Exchange,
-		"topic": s.o.Topic, "server": s.o.Server}).Info("consuming")
+		"topic": s.o.Topic, "server": s.o.Server, "queue": s.o.Queue}).Info("consuming")
 	if s.o.Topic == "compute" {
 		s.o.Log.Warn("the compute-alt topic (compute RPC 6.5, nova 33 \"Gazpacho\") is not consumed: " +
 			"controllers must pin [upgrade_levels] compute to 6.4 or lower, or live-migration casts go to compute-alt." +
 			s.o.Server + " and are never served here")
 	}
-	var bo backoff
-	for cctx.Err() == nil {
-		conn, err := s.b.dial(cctx)
-		if err != nil {
-			s.o.Log.WithError(err).Warn("broker unreachable; retrying")
-			if bo.wait(cctx) != nil {
-				break
-			}
-			continue
-		}
-		started := time.Now()
-		err = consumerSession(cctx, conn, s.o.Prefetch, s.queues(), false, s.dispatch,
-			func() { s.readyOne.Do(func() { close(s.ready) }) })
-		closeConn(conn)
-		if errors.Is(err, ErrTopologyMismatch) {
-			return err
-		}
-		if err == nil { // ctx ended
-			break
-		}
-		s.o.Log.WithError(err).Warn("consumer lost; reconnecting")
-		if time.Since(started) > 10*time.Second {
-			bo.reset()
-		}
-		if bo.wait(cctx) != nil {
-			break
-		}
+	err := s.consumer.run(cctx, s.consume)
+
+	s.work.Wait() // queued requests, handlers, reply retries, forwards
+	close(s.normal)
+	close(s.urgent)
+	if s.forwards != nil {
+		close(s.forwards)
 	}
-	if ctx.Err() != nil && !s.shuttingDown() {
+	pubStop()
+	bg.Wait()
+	switch {
+	case err != nil:
+		return err
+	case ctx.Err() != nil && !s.shuttingDown():
 		return ctx.Err()
 	}
 	return ErrServerClosed
@@ -230,9 +316,10 @@ func (s *Server) shuttingDown() bool {
 	return s.stop == nil
 }
 
-// Shutdown stops consuming, then waits for in-flight handlers (their replies
-// included) until ctx ends; at that point it cancels their contexts and
-// returns ctx's error once they are gone.
+// Shutdown stops consuming, then waits for queued and in-flight handlers
+// (their replies included) until ctx ends; at that point it cancels their
+// contexts and their reply retries, and returns ctx's error once they are
+// gone. A clean stop deletes the fanout queue, as oslo does.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	stop := s.stop
@@ -255,172 +342,90 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}
 }
 
-// dispatch runs on the consumer loop: it acks calls, then hands the
-// delivery to a goroutine (waiting for a free slot first).
-func (s *Server) dispatch(d delivery) {
-	m, err := decodeMessage(d.contentType, d.body)
-	if m.IsCall() {
-		if aerr := d.ack(); aerr != nil { // oslo: a call whose ack fails is dropped
-			s.o.Log.WithError(aerr).Warn("ack of a call failed; dropping it")
-			return
+// consume is the consumer link's use: declare, consume, and hand every
+// delivery on until the session ends or ctx does. On ctx's end it cancels
+// the consumers, waits for the work in flight (casts are acked on this
+// session) and deletes the fanout queue.
+func (s *Server) consume(ctx context.Context, sess Session, up func()) error {
+	qs := s.queues()
+	for _, q := range qs {
+		if err := sess.Declare(ctx, q.Declaration); err != nil {
+			return declareError(q.Declaration, err)
 		}
 	}
-	log := func() *logrus.Entry {
-		return s.o.Log.WithFields(logrus.Fields{"method": m.Method, "msg_id": m.MsgID, "unique_id": m.UniqueID})
-	}
-	if err != nil {
-		if m.IsCall() {
-			log().WithError(err).Warn("malformed call; replying with a failure")
-			s.slots <- struct{}{}
-			s.handlers.Add(1)
-			go func() { // owner: Server (handlers)
-				defer func() { <-s.slots; s.handlers.Done() }()
-				s.reply(&m, nil, s.o.Failure(err), true)
-			}()
-			return
-		}
-		log().WithError(err).Error("rejecting malformed cast")
-		_ = d.reject()
-		return
-	}
-	if !s.dedup.first(m.UniqueID) {
-		log().Warn("duplicate message (same _unique_id); dropped")
-		if !m.IsCall() {
-			_ = d.ack()
-		}
-		return
-	}
-	r := &Request{Message: m}
-	if !m.IsCall() {
-		r.ack = d.ack
-	}
-	s.slots <- struct{}{}
-	s.handlers.Add(1)
-	go func() { // owner: Server (handlers); Shutdown waits for it
-		defer func() { <-s.slots; s.handlers.Done() }()
-		s.serve(r, log)
-	}()
-}
-
-func (s *Server) serve(r *Request, log func() *logrus.Entry) {
-	ctx := s.hctx
-	stopBeats := func() {}
-	if r.IsCall() {
-		stopBeats = s.heartbeats(r)
-	}
-	res, err := s.call(ctx, r)
-	stopBeats()
-	if !r.IsCall() {
-		if aerr := r.Ack(); aerr != nil {
-			log().WithError(aerr).Warn("ack of a cast failed (channel gone); the broker will redeliver it")
-		}
+	cctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	var in [3]<-chan Delivery // a nil channel never delivers
+	for i, q := range qs {
+		d, err := sess.Consume(cctx, q.Queue, ConsumeOptions{Tag: fmt.Sprint(i + 1), Exclusive: q.exclusive, Prefetch: s.o.Prefetch})
 		if err != nil {
-			log().WithError(err).Error("cast failed")
+			return s.consumeError(q, err)
 		}
-		return
+		in[i] = d
 	}
-	if err != nil {
-		log().WithError(err).Info("call failed; replying with a failure")
-		s.reply(&r.Message, nil, s.o.Failure(err), true)
-		return
-	}
-	b, merr := marshalResult(res)
-	if merr != nil {
-		s.reply(&r.Message, nil, s.o.Failure(fmt.Errorf("encode result of %s: %w", r.Method, merr)), true)
-		return
-	}
-	s.reply(&r.Message, b, nil, true)
-}
-
-// call runs the handler, turning a panic into an error so that one bad
-// request cannot take the consumer down.
-func (s *Server) call(ctx context.Context, r *Request) (res any, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("handler for %s panicked: %v", r.Method, p)
-		}
-	}()
-	return s.h.ServeRPC(ctx, r)
-}
-
-func marshalResult(v any) (json.RawMessage, error) {
-	if raw, ok := v.(json.RawMessage); ok {
-		if raw == nil {
-			return json.RawMessage("null"), nil
-		}
-		return raw, nil
-	}
-	return json.Marshal(v)
-}
-
-// heartbeats sends {"result": null, "ending": false} every int(_timeout)/2
-// seconds while the handler runs (oslo's call monitor), nothing when that is
-// under a second.
-func (s *Server) heartbeats(r *Request) (stop func()) {
-	every := time.Duration(int(r.Timeout.Seconds())) * time.Second / 2
-	if every < time.Second {
-		return func() {}
-	}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { // owner: the handler goroutine (stop waits)
-		defer wg.Done()
-		t := time.NewTicker(every)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				if !s.reply(&r.Message, nil, nil, false) {
-					return
+	s.readyOne.Do(func() { close(s.ready); s.o.Log.Info("serving: every queue consumed") })
+	up()
+	for {
+		var d Delivery
+		var ok bool
+		select {
+		case d, ok = <-in[0]:
+		case d, ok = <-in[1]:
+		case d, ok = <-in[2]:
+		case <-sess.Done():
+			return s.lost(sess.Err())
+		case <-ctx.Done():
+			cancel()
+			s.work.Wait()
+			if s.o.Forward == nil && !s.o.NoFanout {
+				if err := sess.DeleteQueue(context.WithoutCancel(ctx), s.fanoutQ); err != nil {
+					s.o.Log.WithError(err).Info("fanout queue not deleted; it expires by itself")
 				}
 			}
+			return nil
 		}
-	}()
-	return func() { close(done); wg.Wait() }
+		if !ok {
+			return s.lost(fmt.Errorf("%w: a consumer ended", ErrSessionClosed))
+		}
+		s.receive(sess, d)
+	}
 }
 
-// reply publishes a reply to the caller's queue, retrying every 250 ms for
-// ReplyRetry while the queue is missing (the caller may be reconnecting).
-// It reports whether the reply went out.
-func (s *Server) reply(m *Message, result json.RawMessage, f *Failure, ending bool) bool {
-	if !m.IsCall() {
-		return false
+func (s *Server) lost(err error) error {
+	s.mu.Lock()
+	s.lostAt = time.Now()
+	s.mu.Unlock()
+	return err
+}
+
+// declareError: a 406 from the broker means the deployment declared the
+// queues with other settings; a configuration error, not something a
+// retry fixes.
+func declareError(d Declaration, err error) error {
+	if brokerCode(err) == codePreconditionFailed {
+		return fatal(fmt.Errorf("declare %s: %w: %w: %w; make amqp_durable_queues, amqp_auto_delete, rabbit_quorum_queue "+
+			"and rabbit_ha_queues match the deployment's [oslo_messaging_rabbit] settings",
+			d.Queue, ErrTopologyMismatch, errdefs.ErrFailedPrecondition, err))
 	}
-	log := func() *logrus.Entry {
-		return s.o.Log.WithFields(logrus.Fields{"method": m.Method, "msg_id": m.MsgID, "reply_q": m.ReplyQ})
+	return fmt.Errorf("declare %s: %w", d.Queue, err)
+}
+
+// consumeError: a 403 on the exclusive consumer means another consumer
+// holds the host's queue. At start that is final. After a lost connection
+// the holder may be this server's own old connection, which the broker
+// drops within the heartbeat threshold, so the refusal is final only once
+// it outlasts that.
+func (s *Server) consumeError(q consumed, err error) error {
+	if brokerCode(err) != codeAccessRefused || !q.exclusive {
+		return fmt.Errorf("consume %s: %w", q.Queue, err)
 	}
-	if t, ok := s.obsolete.Load(m.ReplyQ); ok && time.Since(t.(time.Time)) < s.o.ReplyRetry {
-		log().Debug("reply queue known gone; reply dropped")
-		return false
+	s.mu.Lock()
+	lostAt := s.lostAt
+	s.mu.Unlock()
+	e := fmt.Errorf("%w: %w (%w): likely a nova-compute on this host; stop nova-compute on this host, "+
+		"or run ferryd in companion mode", err, ErrQueueInUse, errdefs.ErrFailedPrecondition)
+	if lostAt.IsZero() || time.Since(lostAt) > 2*s.o.Heartbeat {
+		return fatal(e)
 	}
-	body, err := encodeReply(m.MsgID, result, f, ending)
-	if err != nil {
-		log().WithError(err).Error("encode reply")
-		return false
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), s.o.ReplyRetry)
-	defer cancel()
-	for {
-		err := s.pub.publish(ctx, publishing{key: m.ReplyQ, mandatory: true, body: body})
-		if err == nil {
-			return true
-		}
-		if !errors.Is(err, errUnroutable) || ctx.Err() != nil {
-			log().WithError(err).Warn("reply not delivered")
-			if errors.Is(err, errUnroutable) {
-				s.obsolete.Store(m.ReplyQ, time.Now())
-			}
-			return false
-		}
-		select {
-		case <-ctx.Done():
-			s.obsolete.Store(m.ReplyQ, time.Now())
-			log().Warn("reply queue missing for the whole retry window; reply dropped")
-			return false
-		case <-time.After(250 * time.Millisecond):
-		}
-	}
+	return fmt.Errorf("%w (perhaps this server's own lost connection, which the broker drops within %s)", e, 2*s.o.Heartbeat)
 }

@@ -14,6 +14,12 @@ import (
 //
 //	rabbit://user:pass@host1:5672,user:pass@host2:5672/vhost?ssl=1
 //
+// The query holds [oslo_messaging_rabbit] options that override the
+// configured ones (TLSOptions reads the ssl ones). oslo itself has no
+// amqps driver (amqp:// is its AMQP 1.0 driver, amqps:// fails to load);
+// its spelling of TLS in the scheme is kombu+amqps://. ferry reads amqp and
+// amqps as rabbit, amqps and kombu+amqps with TLS on.
+//
 // amqp091's own parser rejects the rabbit scheme and keeps only the last of
 // several hosts, so ferry parses it the way oslo does. Hosts are tried in
 // order. String redacts passwords; the type has no other way to print one.
@@ -27,7 +33,7 @@ type TransportURL struct {
 // URLHost is one broker of a TransportURL.
 type URLHost struct {
 	Host     string // name or address (IPv6 without brackets)
-	Port     int    // 5672 (5671 with ssl) when the URL has none
+	Port     int    // 5672 when the URL has none, with TLS too (oslo's default: "host.port or 5672")
 	Username string // "guest" when the URL has none
 	password string
 }
@@ -49,13 +55,18 @@ func ParseTransportURL(s string) (TransportURL, error) {
 		return fail("no scheme")
 	}
 	switch scheme {
-	case "rabbit", "amqp", "amqps", "kombu+amqp", "kombu+rabbit":
+	case "rabbit", "amqp", "amqps", "kombu+amqp", "kombu+amqps", "kombu+rabbit":
 	default:
 		return fail(fmt.Sprintf("scheme %q is not a RabbitMQ transport", scheme))
 	}
 	netloc, tail := rest, ""
 	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
 		netloc, tail = rest[:i], rest[i:]
+	}
+	if strings.Contains(tail, "@") {
+		// The host list ended early: a '/', '?' or '#' inside credentials.
+		return fail("an '@' after the host list: a user name or password holds an unescaped '/', '?' or '#'; " +
+			"percent-encode it (%2F, %3F, %23)")
 	}
 	path, rawQuery := tail, ""
 	if i := strings.IndexByte(tail, '?'); i >= 0 {
@@ -82,30 +93,33 @@ func ParseTransportURL(s string) (TransportURL, error) {
 	for k, v := range q {
 		u.Query[k] = strings.Join(v, ",")
 	}
-	defPort := 5672
-	if u.TLS() {
-		defPort = 5671
-	}
-	for _, part := range strings.Split(netloc, ",") {
+	const defPort = 5672
+	prevBare := false // the previous host had no credentials
+	for i, part := range strings.Split(netloc, ",") {
 		if part == "" {
 			continue
 		}
 		h := URLHost{Username: "guest", password: "guest", Port: defPort}
 		hostport := part
-		if at := strings.LastIndexByte(part, '@'); at >= 0 {
+		at := strings.LastIndexByte(part, '@')
+		if at >= 0 {
 			cred := part[:at]
 			hostport = part[at+1:]
 			user, pass, hasPass := strings.Cut(cred, ":")
+			if !hasPass && prevBare {
+				// "user:pa,ss@host" splits into "user:pa" and "ss@host".
+				return fail(fmt.Sprintf("host %d has a user but no password after a host without credentials: "+
+					"a password holds an unescaped ','; percent-encode it (%%2C)", i+1))
+			}
 			if user, err = url.PathUnescape(user); err != nil {
 				return fail("bad escape in a user name")
 			}
 			if pass, err = url.PathUnescape(pass); err != nil {
 				return fail("bad escape in a password")
 			}
-			if hasPass {
-				h.Username, h.password = user, pass
-			}
+			h.Username, h.password = user, pass
 		}
+		prevBare = at < 0
 		var port string
 		switch {
 		case strings.HasPrefix(hostport, "["):
@@ -125,7 +139,10 @@ func ParseTransportURL(s string) (TransportURL, error) {
 		if port != "" {
 			n, err := strconv.Atoi(port)
 			if err != nil || n <= 0 || n > 65535 {
-				return fail(fmt.Sprintf("bad port %q", port))
+				// The "port" may be a piece of a password cut at an unescaped
+				// '/', '?', '#' or ',': it is never repeated.
+				return fail(fmt.Sprintf("host %d: the port is not a number from 1 to 65535 (an unescaped '/', '?', '#' "+
+					"or ',' in a password cuts the URL there; percent-encode it)", i+1))
 			}
 			h.Port = n
 		}
@@ -138,28 +155,6 @@ func ParseTransportURL(s string) (TransportURL, error) {
 		u.Hosts = []URLHost{{Host: "localhost", Port: defPort, Username: "guest", password: "guest"}}
 	}
 	return u, nil
-}
-
-// TLS reports whether the URL asks for TLS (amqps scheme or ssl=true).
-func (u TransportURL) TLS() bool {
-	if u.Scheme == "amqps" {
-		return true
-	}
-	b, _ := u.Bool("ssl")
-	return b
-}
-
-// Bool reads a boolean query option ("1", "true", "yes", "on").
-func (u TransportURL) Bool(key string) (v, set bool) {
-	s, ok := u.Query[key]
-	if !ok {
-		return false, false
-	}
-	switch strings.ToLower(s) {
-	case "1", "true", "yes", "on":
-		return true, true
-	}
-	return false, true
 }
 
 // String returns the URL with every password replaced by "***".
@@ -175,26 +170,18 @@ func (u TransportURL) String() string {
 	return s
 }
 
-// redactRaw hides anything between "://" or "," and "@" in a URL that did
-// not parse.
+// redactRaw hides everything between "://" and the last "@" of a URL that
+// did not parse: where it went wrong may be a password holding a '/', '?',
+// '#' or ',', so no part of the credentials is trusted to end anywhere
+// earlier.
 func redactRaw(s string) string {
 	scheme, rest, ok := strings.Cut(s, "://")
-	if !ok {
-		if strings.Contains(s, "@") {
-			return "<unparsable URL>"
-		}
+	at := strings.LastIndexByte(rest, '@')
+	switch {
+	case !ok && strings.Contains(s, "@"):
+		return "<unparsable URL>"
+	case !ok || at < 0:
 		return s
 	}
-	netloc, tail := rest, ""
-	if i := strings.IndexAny(rest, "/?#"); i >= 0 {
-		netloc, tail = rest[:i], rest[i:]
-	}
-	parts := strings.Split(netloc, ",")
-	for i, p := range parts {
-		if at := strings.LastIndexByte(p, '@'); at >= 0 {
-			user, _, _ := strings.Cut(p[:at], ":")
-			parts[i] = user + ":***@" + p[at+1:]
-		}
-	}
-	return scheme + "://" + strings.Join(parts, ",") + tail
+	return scheme + "://***@" + rest[at+1:]
 }

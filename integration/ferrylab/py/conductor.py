@@ -1,14 +1,17 @@
 #!/usr/bin/python3
 """The conductor's side of a live migration, played with python3-nova (Zed).
 
-  conductor.py TRANSPORT_URL
+  conductor.py TRANSPORT_URL AUTH_TOKEN
+
+(AUTH_TOKEN goes into every request context, as a user's token would.)
 
 It is two things in one process:
 
 * a stand-in for nova-conductor's ConductorManager (topic "conductor", RPC 3.0), served with Nova's own
   NovaObjectSerializer: object_action (Migration.save, Instance.save with expected_task_state,
   Instance.drop_migration_context, InstanceFault.create) and object_class_action_versions
-  (Migration.get_by_id, InstanceActionEvent.event_start / event_finish_with_failure) against an in-memory
+  (Migration.get_by_id, Instance.get_by_uuid, InstanceActionEvent.event_start / event_finish_with_failure)
+  against an in-memory
   "database", answering as the real conductor does (updates diffed against a clone, then the result);
 * the conductor's live-migration task, driven by commands on stdin: it calls the destination's
   check_can_live_migrate_destination and casts live_migration to the source with python3-nova's own
@@ -48,6 +51,7 @@ class DB(object):
     def __init__(self):
         self.migrations = {}  # id -> Migration
         self.instances = {}   # uuid -> Instance
+        self.services = {}    # host -> Service (nova-compute's)
 
 
 class ConductorStandIn(object):
@@ -94,6 +98,11 @@ class ConductorStandIn(object):
             objinst.obj_reset_changes()
         elif name == "InstanceFault" and objmethod == "create":
             objinst.obj_reset_changes()
+        elif name == "Service" and objmethod == "save":
+            stored = self.db.services[objinst.host]
+            for f in changes:
+                setattr(stored, f, getattr(objinst, f))
+            objinst.obj_reset_changes()
         else:
             raise NotImplementedError("stand-in has no %s.%s" % (name, objmethod))
         emit(rec)
@@ -110,6 +119,22 @@ class ConductorStandIn(object):
         emit({"event": "class_action", "object": objname, "method": objmethod, "args": args, "kwargs": kwargs})
         if objname == "Migration" and objmethod == "get_by_id":
             return self.db.migrations[args[0]]
+        if objname == "Service" and objmethod == "get_by_host_and_binary":
+            host = args[0]
+            if host not in self.db.services:  # registered, as a stock nova-compute would have
+                svc = objects.Service(id=len(self.db.services) + 1, host=host, binary=args[1], topic="compute",
+                                      report_count=0, disabled=False, disabled_reason=None, forced_down=False,
+                                      version=64)
+                svc.obj_reset_changes()
+                self.db.services[host] = svc
+            return self.db.services[host]
+        if objname == "ComputeNode" and objmethod == "get_first_node_by_host_for_old_compat":
+            # The hypervisor names itself otherwise than Nova's host, as in many clouds.
+            return objects.ComputeNode(id=len(args[0]), host=args[0], hypervisor_hostname=args[0] + ".hv")
+        if objname == "Instance" and objmethod == "get_by_uuid":
+            if args[0] not in self.db.instances:
+                raise exception.InstanceNotFound(instance_id=args[0])
+            return self.db.instances[args[0]]
         if objname == "InstanceActionEvent" and objmethod in ("event_start", "event_finish_with_failure"):
             return None
         raise NotImplementedError("stand-in has no %s.%s" % (objname, objmethod))
@@ -123,11 +148,12 @@ def error_info(e):
 class Driver(object):
     """The conductor's LiveMigrationTask, as far as the computes see it."""
 
-    def __init__(self, db):
+    def __init__(self, db, token):
         self.db = db
         self.api = rpcapi.ComputeAPI()
         self.ctxt = nova_context.RequestContext("7a1c0c5f2e0b4c3d9f8e7d6c5b4a3921", "d0f1e2c3b4a5968778695a4b3c2d1e0f",
-                                                is_admin=True, roles=["admin", "member"], request_id="req-ferry-lab")
+                                                is_admin=True, roles=["admin", "member"], request_id="req-ferry-lab",
+                                                auth_token=token)
         self.md = {}
 
     def objects_for(self, cmd):
@@ -185,6 +211,22 @@ class Driver(object):
         self.api.live_migration(self.ctxt, inst, cmd["dest"], cmd.get("block_migration"), cmd["source"], mig, md)
         emit({"event": "cast_sent", "method": "live_migration"})
 
+    def cast(self, cmd):
+        """live_migration cast without a pre-check, with the migrate_data a
+        pre-check of a block migration would have produced."""
+        inst, mig = self.objects_for(cmd)
+        inst.task_state = "migrating"
+        inst.obj_reset_changes()
+        md = objects.LibvirtLiveMigrateData(filename="ferry-cast", image_type="default", block_migration=True,
+                                            disk_over_commit=False, disk_available_mb=10240,
+                                            is_shared_instance_path=False, is_shared_block_storage=False,
+                                            is_volume_backed=False, instance_relative_path=inst.uuid,
+                                            graphics_listen_addr_vnc="127.0.0.1",
+                                            graphics_listen_addr_spice="127.0.0.1", serial_listen_addr=None)
+        self.md[mig.id] = md
+        self.api.live_migration(self.ctxt, inst, cmd["dest"], True, cmd["source"], mig, md)
+        emit({"event": "cast_sent", "method": "live_migration"})
+
     def resend(self, cmd):
         inst, mig = self.objects_for(cmd)
         self.api.live_migration(self.ctxt, inst, cmd["dest"], cmd.get("block_migration"), cmd["source"], mig,
@@ -208,7 +250,7 @@ class Driver(object):
               "memory_total": mig.memory_total, "memory_processed": mig.memory_processed})
 
 
-def main(url):
+def main(url, token):
     with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as f:
         f.write("[DEFAULT]\ntransport_url = %s\nrpc_response_timeout = 60\nlong_rpc_timeout = 600\n"
                 "[upgrade_levels]\ncompute = zed\n" % url)
@@ -223,7 +265,7 @@ def main(url):
                                       serializer=rpc.RequestContextSerializer(objects_base.NovaObjectSerializer()),
                                       access_policy=messaging.DefaultRPCAccessPolicy)
     server.start()
-    driver = Driver(db)
+    driver = Driver(db, token)
     emit({"event": "ready"})
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -236,4 +278,4 @@ def main(url):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], sys.argv[2])

@@ -2,7 +2,10 @@
 """Real oslo.messaging peer for ferry's integration tests (Debian's python3-oslo.messaging).
 
   peer.py client URL        read JSON commands on stdin, answer one JSON line each on stdout
-  peer.py server URL HOST   serve the test endpoint on topic "compute", server HOST; print READY
+  peer.py server URL HOST [EXCHANGE]
+                            serve the test endpoint on topic "compute", server HOST; print READY.
+                            EXCHANGE is the control_exchange (default "nova"), as nova-compute's
+                            own ferry-<host> in companion mode
 
 Client commands: {"op": "call"|"cast", "topic", "server", "fanout", "namespace", "version",
 "method", "args", "timeout", "monitor"}. Answers: {"result": ...} or {"error": {"class", "module",
@@ -19,10 +22,10 @@ from oslo_config import cfg
 import oslo_messaging as messaging
 
 
-def transport(url):
+def transport(url, exchange="nova"):
     conf = cfg.CONF  # oslo.messaging registers some options (metrics) on the global object only
     conf([], project="ferry-test")
-    messaging.set_transport_defaults("nova")
+    messaging.set_transport_defaults(exchange)
     return conf, messaging.get_rpc_transport(conf, url=url, allowed_remote_exmods=["nova.exception"])
 
 
@@ -119,8 +122,8 @@ class Endpoint(object):
         sys.stdout.flush()
 
 
-def server(url, host):
-    conf, t = transport(url)
+def server(url, host, exchange="nova"):
+    conf, t = transport(url, exchange)
     target = messaging.Target(topic="compute", server=host)
     srv = messaging.get_rpc_server(t, target, [Endpoint()], executor="threading")
     srv.start()
@@ -138,4 +141,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "client":
         client(sys.argv[2])
     else:
-        server(sys.argv[2], sys.argv[3])
+        server(*sys.argv[2:5])

@@ -1,10 +1,11 @@
 // Package virttest is a scripted stand-in for libvirt hosts, for unit tests
 // of the migration engine. A World holds hosts by URI; a Conn to a host is a
-// handle that implements the engine's Hypervisor. A migration job moves RAM
-// at Job.BandwidthMiBps while the guest dirties Job.WSMiB at Job.DirtyMiBps,
-// and switches over once the dirty set fits bandwidth × max downtime, as
-// QEMU does. Closing the connection that started a job does not stop it
-// (libvirt behaves the same for peer-to-peer jobs).
+// handle that implements the engine's Hypervisor. Each migration job runs
+// the package's QEMU model (Model, the same one the policy's simulator
+// tests drive): RAM moves at Job.BandwidthMiBps while the guest dirties
+// Job.WSMiB at Job.DirtyMiBps, and the job switches over once the dirty set
+// fits bandwidth × max downtime. Closing the connection that started a job
+// does not stop it (libvirt behaves the same for peer-to-peer jobs).
 package virttest
 
 import (
@@ -39,7 +40,7 @@ type World struct {
 	mu    sync.Mutex
 	hosts map[string]*Host // by URI
 	Job   Job
-	Calls []Call
+	calls []Call
 }
 
 // Call is one recorded operation.
@@ -60,20 +61,12 @@ type Host struct {
 }
 
 type job struct {
-	spec       virt.MigrateSpec
-	dest       *Host
-	start      time.Time
-	processed  float64
-	remaining  float64
-	dirtyAcc   float64
-	iter       uint64
-	downtime   time.Duration
-	postcopy   bool
-	paused     bool
-	aborted    bool
-	pcPaused   bool
-	finished   chan error
-	lastMoveAt time.Time
+	spec     virt.MigrateSpec
+	dest     *Host
+	start    time.Time
+	model    *Model
+	pcPaused bool
+	finished chan error
 }
 
 // NewWorld makes a world with the named hosts.
@@ -107,12 +100,19 @@ func (w *World) State(uri, dom string) (virt.DomainState, bool) {
 	return *st, true
 }
 
+// Calls returns a copy of the recorded operations.
+func (w *World) Calls() []Call {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return append([]Call(nil), w.calls...)
+}
+
 // Ops lists the recorded operation names.
 func (w *World) Ops() []string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var out []string
-	for _, c := range w.Calls {
+	for _, c := range w.calls {
 		out = append(out, c.Op)
 	}
 	return out
@@ -145,7 +145,7 @@ func (c *Conn) Close() error {
 func (c *Conn) host() *Host { return c.w.hosts[c.uri] }
 
 func (c *Conn) rec(op, dom string, s virt.MigrateSpec, ctl virt.Control) {
-	c.w.Calls = append(c.w.Calls, Call{URI: c.uri, Op: op, Dom: dom, Spec: s, Control: ctl})
+	c.w.calls = append(c.w.calls, Call{URI: c.uri, Op: op, Dom: dom, Spec: s, Control: ctl})
 }
 
 // Migrate starts the job and waits for it like Perform3Params.
@@ -187,12 +187,7 @@ func (c *Conn) Migrate(ctx context.Context, dom string, s virt.MigrateSpec) erro
 			c.w.mu.Unlock()
 			return fmt.Errorf("migrate %s: %w: unknown destination %s", dom, errdefs.ErrUnavailable, s.DestURI)
 		}
-		ram := max(c.w.Job.RAMMiB, 1) * (1 << 20)
-		if c.w.Job.RAMMiB == 0 {
-			ram = 256 << 20
-		}
-		j = &job{spec: s, dest: dest, start: time.Now(), remaining: ram, iter: 1, downtime: 300 * time.Millisecond,
-			finished: make(chan error, 1), lastMoveAt: time.Now()}
+		j = &job{spec: s, dest: dest, start: time.Now(), model: c.w.Job.model(s), finished: make(chan error, 1)}
 		h.jobs[dom] = j
 		go c.w.runJob(h, dom, j) // owner: the fake host; ends with the job
 	}
@@ -228,8 +223,9 @@ func (w *World) runJob(h *Host, dom string, j *job) {
 			if err == nil {
 				h.domains[dom].State, h.domains[dom].Reason = virt.StateShutoff, 3
 				j.dest.domains[dom] = &virt.DomainState{State: virt.StateRunning, Reason: 2}
-				h.done[dom] = virt.JobStats{Type: virt.JobCompleted, Elapsed: elapsed, Downtime: j.downtime,
-					MemProcessed: uint64(j.processed), MemIteration: j.iter}
+				js := j.model.Stats()
+				js.Type, js.Elapsed = virt.JobCompleted, elapsed
+				h.done[dom] = js
 			} else if j.pcPaused {
 				h.domains[dom].State, h.domains[dom].Reason = virt.StatePaused, virt.ReasonPausedPostcopyFailed
 				j.dest.domains[dom] = &virt.DomainState{State: virt.StateRunning, Reason: 11}
@@ -245,42 +241,39 @@ func (w *World) runJob(h *Host, dom string, j *job) {
 	}
 }
 
-// stepJob advances a job by 100 ms; w.mu is held.
-func (w *World) stepJob(j *job) (error, bool) {
-	if j.aborted {
-		return fmt.Errorf("operation aborted: job 'migration out' canceled by client: %w", errdefs.ErrAborted), true
+// model is the QEMU model of one job the World runs.
+func (jb Job) model(s virt.MigrateSpec) *Model {
+	ram, bw := jb.RAMMiB, jb.BandwidthMiBps
+	if ram == 0 {
+		ram = 256
 	}
-	if j.pcPaused {
-		return fmt.Errorf("operation failed: job 'migration out' failed in post-copy phase: %w", errdefs.ErrFailedPrecondition), true
-	}
-	bw := w.Job.BandwidthMiBps
 	if bw == 0 {
 		bw = 100
 	}
-	b := bw * (1 << 20) / 10
-	if w.Job.LinkDown != nil && w.Job.LinkDown() {
-		b = 0
-	} else {
-		j.lastMoveAt = time.Now()
+	m := NewModel(int(ram), int(jb.WSMiB), 0, jb.DirtyMiBps, bw)
+	if jb.LinkDown != nil {
+		m.LinkUp = func(time.Duration) bool { return !jb.LinkDown() }
 	}
-	x := min(b, j.remaining)
-	j.remaining -= x
-	j.processed += x
-	if j.postcopy {
-		return nil, j.remaining <= 0
+	m.AutoConverge = s.AutoConverge
+	if s.AutoConvergeIni > 0 {
+		m.ACInitial = s.AutoConvergeIni
 	}
-	if !j.paused {
-		j.dirtyAcc = min(w.Job.WSMiB*(1<<20), j.dirtyAcc+w.Job.DirtyMiBps*(1<<20)/10)
+	if s.AutoConvergeInc > 0 {
+		m.ACIncrement = s.AutoConvergeInc
 	}
-	pending := j.remaining + j.dirtyAcc
-	if j.iter >= 2 && b > 0 && pending <= b*10*j.downtime.Seconds() {
-		return nil, true
+	return m
+}
+
+// stepJob advances a job by 100 ms; w.mu is held.
+func (w *World) stepJob(j *job) (error, bool) {
+	switch {
+	case j.model.Aborted():
+		return fmt.Errorf("operation aborted: job 'migration out' canceled by client: %w", errdefs.ErrAborted), true
+	case j.pcPaused:
+		return fmt.Errorf("operation failed: job 'migration out' failed in post-copy phase: %w", errdefs.ErrFailedPrecondition), true
 	}
-	if j.remaining <= 0 {
-		j.iter++
-		j.remaining, j.dirtyAcc = j.dirtyAcc, 0
-	}
-	return nil, false
+	j.model.Advance(100 * time.Millisecond)
+	return nil, j.model.Done()
 }
 
 // JobStats reports the running job, or the last completed one.
@@ -298,16 +291,9 @@ func (c *Conn) JobStats(_ context.Context, dom string, completed bool) (virt.Job
 	if j == nil {
 		return virt.JobStats{Type: virt.JobNone}, nil
 	}
-	bw := c.w.Job.BandwidthMiBps
-	if bw == 0 {
-		bw = 100
-	}
-	bps := uint64(bw * (1 << 20))
-	if time.Since(j.lastMoveAt) > 200*time.Millisecond {
-		bps = 0
-	}
-	return virt.JobStats{Type: virt.JobUnbounded, Elapsed: time.Since(j.start), DataProcessed: uint64(j.processed),
-		MemProcessed: uint64(j.processed), MemRemaining: uint64(j.remaining), MemIteration: j.iter, MemBps: bps}, nil
+	js := j.model.Stats()
+	js.Type = virt.JobUnbounded // until the job's end is settled
+	return js, nil
 }
 
 // DomainState reports a domain's state.
@@ -339,7 +325,7 @@ func (c *Conn) Control(_ context.Context, dom string, ctl virt.Control) error {
 	case virt.OpSuspend:
 		st.State = virt.StatePaused
 		if j != nil {
-			j.paused = true
+			j.model.Pause()
 		}
 		return nil
 	case virt.OpResume:
@@ -351,17 +337,16 @@ func (c *Conn) Control(_ context.Context, dom string, ctl virt.Control) error {
 	}
 	switch ctl.Op {
 	case virt.OpSetDowntime:
-		j.downtime = ctl.Downtime
+		j.model.SetDowntime(ctl.Downtime)
 	case virt.OpStartPostCopy:
 		if !j.spec.PostCopy {
 			return fmt.Errorf("post-copy %s: %w: job not started with post-copy", dom, errdefs.ErrFailedPrecondition)
 		}
-		j.postcopy = true
-		j.remaining += j.dirtyAcc
+		j.model.StartPostCopy()
 	case virt.OpAbort:
-		j.aborted = true
+		j.model.Abort()
 	case virt.OpPostcopyPause:
-		if !j.postcopy {
+		if !j.model.PostCopy() {
 			return fmt.Errorf("post-copy pause %s: %w: current job is not outgoing migration in post-copy mode", dom, errdefs.ErrFailedPrecondition)
 		}
 		j.pcPaused = true
