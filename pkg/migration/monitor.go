@@ -70,7 +70,7 @@ func (r *runner) running(ctx context.Context) error {
 				r.e.wake()
 			}
 		case c := <-r.e.cmds:
-			c.reply <- r.command(ctx, src, policy, c.kind)
+			answer(c, func() error { return r.command(ctx, src, policy, c.kind) })
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		}
@@ -171,6 +171,20 @@ func (r *runner) sample(ctx context.Context, src *Hypervisor, detached bool) (*v
 		return nil, detached && !js.Busy, nil
 	}
 	return &js, false, nil
+}
+
+// answer replies to an operator's command with what f returns. When f
+// panics the command is answered with the panic, then the panic goes on to
+// guarded, which ends the migration: the caller never waits for a reply
+// that cannot come.
+func answer(c command, f func() error) {
+	defer func() {
+		if p := recover(); p != nil {
+			c.reply <- fmt.Errorf("%s: %w: %v", c.kind, errPanic, p)
+			panic(p)
+		}
+	}()
+	c.reply <- f()
 }
 
 // command applies an operator's abort or force-complete.

@@ -23,8 +23,9 @@ import (
 // panickyObserver panics on entering a phase, or on the first action.
 type panickyObserver struct {
 	nopObserver
-	phase  Phase // Phase panics when a migration enters it ("" never)
-	action bool  // Action panics
+	phase  Phase  // Phase panics when a migration enters it ("" never)
+	action bool   // Action panics
+	named  string // Action panics for an action of this name only
 }
 
 func (o panickyObserver) Phase(m Migration, from Phase) {
@@ -33,8 +34,8 @@ func (o panickyObserver) Phase(m Migration, from Phase) {
 	}
 }
 
-func (o panickyObserver) Action(Migration, ActionRecord, error) {
-	if o.action {
+func (o panickyObserver) Action(_ Migration, ar ActionRecord, _ error) {
+	if o.action || (o.named != "" && ar.Action == o.named) {
 		panic("observer: assignment to entry in nil map")
 	}
 }
@@ -132,6 +133,28 @@ func TestManagerHookPanics(t *testing.T) {
 			})
 		})
 	}
+}
+
+// An operator's command whose handling panics is answered with the panic,
+// not left to wait for its caller's deadline (a cast's handler has none);
+// the migration then ends as any panic while the job runs does.
+func TestManagerCommandPanics(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFixture(t)
+		f.w.Job = virttest.Job{RAMMiB: 512, WSMiB: 256, DirtyMiBps: 200, BandwidthMiBps: 50}
+		f.obs = panickyObserver{named: "abort"}
+		m := f.running(t)
+		start(t, m, req("m", vm1, Policy{}))
+		waitPhase(t, m, "m", PhaseRunning)
+		ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
+		defer cancel()
+		if err := m.Abort(ctx, "m"); err == nil || !strings.Contains(err.Error(), "assignment to entry in nil map") {
+			t.Errorf("Abort = %v, want the panic", err)
+		}
+		if s := waitDelivered(t, m, "m"); s.Phase != PhaseError || !strings.Contains(s.Reason, "assignment to entry in nil map") {
+			t.Errorf("ended %s %q, want error with the panic", s.Phase, s.Reason)
+		}
+	})
 }
 
 // A panic in the delivery path, in the caller's Deliver or Progress, costs

@@ -240,10 +240,12 @@ func (r *runner) queued(ctx context.Context) error {
 			return nil
 		case c := <-r.e.cmds:
 			if c.kind == "abort" {
-				leave()
-				_ = r.update(func(m *Migration) { m.AbortRequested = true })
-				r.setPhase(ctx, PhaseCancelled, "aborted while queued")
-				c.reply <- nil
+				answer(c, func() error {
+					leave()
+					_ = r.update(func(m *Migration) { m.AbortRequested = true })
+					r.setPhase(ctx, PhaseCancelled, "aborted while queued")
+					return nil
+				})
 				return nil
 			}
 			c.reply <- fmt.Errorf("%s: %w: the migration is still queued", c.kind, errdefs.ErrFailedPrecondition)
@@ -281,9 +283,11 @@ wait:
 			break wait
 		case c := <-r.e.cmds:
 			if c.kind == "abort" {
-				_ = r.update(func(m *Migration) { m.AbortRequested = true })
-				r.commanded(c.kind)
-				c.reply <- nil
+				answer(c, func() error {
+					_ = r.update(func(m *Migration) { m.AbortRequested = true })
+					r.commanded(c.kind)
+					return nil
+				})
 				continue
 			}
 			c.reply <- fmt.Errorf("%s: %w: the migration is still preparing", c.kind, errdefs.ErrFailedPrecondition)
