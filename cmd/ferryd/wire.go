@@ -10,6 +10,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"opendev.org/x/ferry/config"
+	"opendev.org/x/ferry/pkg/hostnet"
 	"opendev.org/x/ferry/pkg/migration"
 	"opendev.org/x/ferry/pkg/openstack"
 	"opendev.org/x/ferry/pkg/status"
@@ -108,7 +109,7 @@ func wire(cfg config.Config, log *logrus.Entry) (*daemon, error) {
 	if d.engine, err = migration.NewManager(migration.Options{StateDir: cfg.StateDir, LocalURI: cfg.LibvirtURI,
 		Dial:        func(ctx context.Context, uri string) (migration.Hypervisor, error) { return dialer(ctx, uri) },
 		Destination: book, Records: book, MaxOutbound: m.MaxConcurrent, UpgradeState: nova.UpgradeState,
-		Retention: cfg.JournalRetention.D(), Observer: obs, Log: log.WithField("component", "engine")}); err != nil {
+		Retention: cfg.JournalRetention.D(), CutStreams: cutStreams, Observer: obs, Log: log.WithField("component", "engine")}); err != nil {
 		return nil, err
 	}
 	engineRef.Store(d.engine)
@@ -220,4 +221,14 @@ func prefetch(cfg config.Config, log *logrus.Entry) int {
 		return floor
 	}
 	return p
+}
+
+// cutStreams closes the connections of the instance's QEMU to a
+// destination's migration address (migration.Options.CutStreams).
+func cutStreams(ctx context.Context, instanceUUID, addr string) (int, error) {
+	pid, err := virt.QEMUPID("/proc", instanceUUID)
+	if err != nil {
+		return 0, err
+	}
+	return hostnet.CloseStreams(ctx, pid, addr)
 }

@@ -1,9 +1,13 @@
 package hostnet
 
 import (
+	"context"
+	"errors"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
+
+	"opendev.org/x/ferry/pkg/errdefs"
 )
 
 func TestFor(t *testing.T) {
@@ -35,6 +39,38 @@ func TestFor(t *testing.T) {
 		}
 		if diff := cmp.Diff(tc.want, got); diff != "" {
 			t.Errorf("%s (-want +got):\n%s", tc.name, diff)
+		}
+	}
+}
+
+func TestCloseStreamsRefusesWhatIsNotAnAddress(t *testing.T) {
+	for _, a := range []string{"", "198.19.0.12; reboot", "h/../x", "user@h"} {
+		if _, err := CloseStreams(context.Background(), 1, a); !errors.Is(err, errdefs.ErrInvalidArgument) {
+			t.Errorf("CloseStreams(%q) = %v, want invalid argument", a, err)
+		}
+	}
+	if _, err := CloseStreams(context.Background(), 0, "198.19.0.12"); !errors.Is(err, errdefs.ErrInvalidArgument) {
+		t.Errorf("CloseStreams without a process = %v, want invalid argument", err)
+	}
+}
+
+func TestClosedCountsSockets(t *testing.T) {
+	out := "ESTAB 0 65564 198.19.0.11:37874 198.19.0.12:49153\nESTAB 0 0 198.19.0.11:37880 198.19.0.12:49152\n\n"
+	if n := closed([]byte(out)); n != 2 {
+		t.Errorf("closed = %d, want 2", n)
+	}
+	if n := closed(nil); n != 0 {
+		t.Errorf("closed(nil) = %d", n)
+	}
+}
+
+func TestMigrationAddr(t *testing.T) {
+	for _, tt := range []struct {
+		d    Dest
+		want string
+	}{{Dest{Host: "h"}, "h"}, {Dest{Host: "h", Mgmt: "198.18.0.12"}, "198.18.0.12"}, {Dest{Host: "h", Mgmt: "m", Migration: "198.19.0.12"}, "198.19.0.12"}} {
+		if got := tt.d.MigrationAddr(); got != tt.want {
+			t.Errorf("%+v: %q, want %q", tt.d, got, tt.want)
 		}
 	}
 }

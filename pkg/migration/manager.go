@@ -31,6 +31,18 @@ type Options struct {
 	// call to return once post-copy has failed on the source, before it
 	// recovers without it [15s].
 	PostcopyHang time.Duration
+	// CutStreams closes the TCP connections of an instance's QEMU to a
+	// destination's migration address and says how many it closed; nil
+	// never does. The
+	// engine calls it when the source's libvirtd has not answered for
+	// WedgeAfter during pre-copy: a destination lost mid-job leaves
+	// libvirt's cancel, and the guest with it, waiting on writes to the
+	// dead peer until TCP gives up (about 15 minutes); closing the streams
+	// fails the job at once, with the guest running on the source.
+	CutStreams func(ctx context.Context, instanceUUID, addr string) (int, error)
+	// WedgeAfter is how long job statistics may fail before CutStreams
+	// [45s: libvirt's own keepalive (30 s) first gets its chance].
+	WedgeAfter time.Duration
 	// Retention is how long the journal keeps a migration that ended and
 	// owes no report [7 days]; negative keeps them for ever.
 	Retention time.Duration
@@ -109,6 +121,7 @@ func NewManager(o Options) (*Manager, error) {
 	def(&o.ProgressInterval, 5*time.Second)
 	def(&o.PostcopyRecovery, 5*time.Minute)
 	def(&o.PostcopyHang, 15*time.Second)
+	def(&o.WedgeAfter, 45*time.Second)
 	def(&o.Retention, 7*24*time.Hour)
 	if o.Log == nil {
 		o.Log = logrus.NewEntry(logrus.StandardLogger())

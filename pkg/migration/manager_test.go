@@ -127,9 +127,10 @@ type fixture struct {
 	dest *fakeDest
 	recs *fakeRecords
 	dir  string
-	obs  Observer  // nil for none
-	log  io.Writer // nil: the test's log
-	rec  Records   // nil: recs
+	obs  Observer                                                  // nil for none
+	log  io.Writer                                                 // nil: the test's log
+	rec  Records                                                   // nil: recs
+	cut  func(ctx context.Context, uuid, addr string) (int, error) // Options.CutStreams
 }
 
 func newFixture(t *testing.T) *fixture {
@@ -150,7 +151,8 @@ func (f *fixture) manager(t *testing.T) *Manager {
 		recs = f.rec
 	}
 	m, err := NewManager(Options{StateDir: f.dir, LocalURI: "src", Destination: f.dest, Records: recs, Log: logrus.NewEntry(l),
-		Dial: func(ctx context.Context, uri string) (Hypervisor, error) { return f.w.Dial(ctx, uri) }, Observer: f.obs})
+		Dial: func(ctx context.Context, uri string) (Hypervisor, error) { return f.w.Dial(ctx, uri) }, Observer: f.obs,
+		CutStreams: f.cut})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,6 +46,9 @@ func (r *runner) running(ctx context.Context) error {
 				return r.settle(ctx, src, fmt.Errorf("post-copy failed; libvirt's migration call did not return within %s", r.m.o.PostcopyHang))
 			}
 			js, ended, err := r.sample(ctx, &src, call.done == nil)
+			if err == nil && !ended {
+				r.unwedge(ctx)
+			}
 			switch {
 			case err != nil:
 				return err
@@ -154,6 +157,14 @@ func (r *runner) postcopyHung(ctx context.Context, src Hypervisor, since *time.T
 // on, ended when the job is gone. A failing connection is replaced.
 func (r *runner) sample(ctx context.Context, src *Hypervisor, detached bool) (*virt.JobStats, bool, error) {
 	js, err := (*src).JobStats(ctx, r.e.snapshot().InstanceUUID, false)
+	// A sample that shows no job moving (an error, no job, or one that has
+	// failed or ended while libvirt's migration call has not returned)
+	// starts the wedge clock.
+	if (err == nil && (js.Type == virt.JobBounded || js.Type == virt.JobUnbounded)) || errors.Is(err, errdefs.ErrNotFound) {
+		r.unanswered = time.Time{}
+	} else if r.unanswered.IsZero() {
+		r.unanswered = time.Now()
+	}
 	switch {
 	case errors.Is(err, errdefs.ErrNotFound):
 		return nil, true, nil
@@ -171,6 +182,34 @@ func (r *runner) sample(ctx context.Context, src *Hypervisor, detached bool) (*v
 		return nil, detached && !js.Busy, nil
 	}
 	return &js, false, nil
+}
+
+// Wedged is the decision to close a job's migration streams: the source's
+// libvirtd has shown no job moving for wedgeAfter (its statistics fail, or
+// show no job, or a failed one, while its migration call has not
+// returned), the job is in
+// pre-copy (closing a post-copy stream would split the guest's memory), and
+// the streams were not closed before.
+func Wedged(unanswered, now time.Time, wedgeAfter time.Duration, postCopy, cut bool) bool {
+	return !unanswered.IsZero() && now.Sub(unanswered) >= wedgeAfter && !postCopy && !cut
+}
+
+// unwedge closes the migration streams of a job whose source libvirtd is
+// wedged (Options.CutStreams), once.
+func (r *runner) unwedge(ctx context.Context) {
+	if r.m.o.CutStreams == nil || !Wedged(r.unanswered, time.Now(), r.m.o.WedgeAfter, r.st.PostCopy, r.cut) {
+		return
+	}
+	r.cut = true
+	snap := r.e.snapshot()
+	addr := snap.Dest.MigrationAddr()
+	if snap.Prep != nil && snap.Prep.MigrationAddr != "" {
+		addr = snap.Prep.MigrationAddr
+	}
+	n, err := r.m.o.CutStreams(ctx, snap.InstanceUUID, addr)
+	r.record("cut-streams", 0, fmt.Sprintf("the source's libvirtd has shown no job moving for %s during pre-copy (it waits on streams to %s, "+
+		"as when the destination is lost); closed %d connections to it, which fails the job with the guest on this host",
+		time.Since(r.unanswered).Round(time.Second), addr, n), err)
 }
 
 // answer replies to an operator's command with what f returns. When f

@@ -24,6 +24,10 @@ type runner struct {
 	start   time.Time     // the job's start, for sample times
 	series  series        // the samples, for the record
 	hasSlot bool
+	// unanswered is when job statistics began failing (zero while they
+	// answer); cut is set once the streams were closed.
+	unanswered time.Time
+	cut        bool
 }
 
 func newRunner(m *Manager, e *entry) *runner {

@@ -71,6 +71,16 @@ func ResidentRAM(procRoot, uuid string, ram uint64) (uint64, error) {
 	return min(rss, ram), nil
 }
 
+// QEMUPID is the process id of the QEMU running the domain with uuid on
+// this host (procRoot: /proc).
+func QEMUPID(procRoot, uuid string) (int, error) {
+	s, err := qemuPID(procRoot, uuid)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(s)
+}
+
 // qemuPID finds the process whose command line has "-uuid" then uuid.
 func qemuPID(procRoot, uuid string) (string, error) {
 	ents, err := os.ReadDir(procRoot)

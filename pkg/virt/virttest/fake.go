@@ -33,6 +33,17 @@ type Job struct {
 	// show the failure; a resume is refused because the hung call holds the
 	// job (libvirt 9.0 with QEMU 7.2 under TCG, seen in the lab).
 	HangOnPostcopyFailure bool
+	// WedgeAfter, when not 0, wedges the source's libvirtd once the job has
+	// run that long, as a destination lost mid-job does (libvirt 9.0, QEMU
+	// 7.2: the cancel waits on the disk mirror's writes to the dead peer):
+	// bytes stop, job statistics time out, until CutStreams closes the
+	// streams, which fails the job with the guest running on the source.
+	WedgeAfter time.Duration
+	// WedgedAnswers: a wedged job's statistics answer, with WedgedType (no
+	// job, or a failed one: libvirt between its cancel and the call's
+	// return), instead of timing out.
+	WedgedAnswers bool
+	WedgedType    virt.JobType
 }
 
 // World is a set of fake hosts.
@@ -61,6 +72,8 @@ type Host struct {
 }
 
 type job struct {
+	wedged   bool // WedgeAfter passed; CutStreams ends it
+	cut      bool
 	spec     virt.MigrateSpec
 	dest     *Host
 	start    time.Time
@@ -266,7 +279,14 @@ func (jb Job) model(s virt.MigrateSpec) *Model {
 
 // stepJob advances a job by 100 ms; w.mu is held.
 func (w *World) stepJob(j *job) (error, bool) {
+	if w.Job.WedgeAfter > 0 && !j.wedged && time.Since(j.start) >= w.Job.WedgeAfter {
+		j.wedged = true
+	}
 	switch {
+	case j.cut:
+		return fmt.Errorf("operation failed: Lost connection to destination host: %w", errdefs.ErrUnavailable), true
+	case j.wedged:
+		return nil, false
 	case j.model.Aborted():
 		return fmt.Errorf("operation aborted: job 'migration out' canceled by client: %w", errdefs.ErrAborted), true
 	case j.pcPaused:
@@ -290,6 +310,12 @@ func (c *Conn) JobStats(_ context.Context, dom string, completed bool) (virt.Job
 	j := h.jobs[dom]
 	if j == nil {
 		return virt.JobStats{Type: virt.JobNone}, nil
+	}
+	if j.wedged && c.w.Job.WedgedAnswers {
+		return virt.JobStats{Type: c.w.Job.WedgedType}, nil
+	}
+	if j.wedged {
+		return virt.JobStats{}, fmt.Errorf("job stats of %s: %w after 10s", dom, errdefs.ErrTimeout)
 	}
 	js := j.model.Stats()
 	js.Type = virt.JobUnbounded // until the job's end is settled
@@ -352,4 +378,21 @@ func (c *Conn) Control(_ context.Context, dom string, ctl virt.Control) error {
 		j.pcPaused = true
 	}
 	return nil
+}
+
+// CutStreams closes the migration streams from the host at uri to addr, as
+// the kernel's socket destroy does: a wedged job fails. It reports how many
+// jobs it cut.
+func (w *World) CutStreams(uri, addr string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.calls = append(w.calls, Call{URI: uri, Op: "cut-streams", Dom: addr})
+	n := 0
+	for _, j := range w.hosts[uri].jobs {
+		if j.wedged {
+			j.cut = true
+			n++
+		}
+	}
+	return n
 }
