@@ -161,10 +161,31 @@ func forInstance(e ferrylab.Event, uuid string) bool {
 }
 
 func TestHappyPath(t *testing.T) {
-	for hop, id := range []int{101, 102} {
+	for _, id := range []int{101, 102} {
 		from, to := where(t, vm)
 		dirty(t, vm, 64, 100)
 		dstOff := vm.LogOffset(to)
+		hostSave := func(e ferrylab.Event) bool {
+			f, _ := e["fields"].(map[string]any)
+			return e.Str("object") == "Instance" && e.Str("method") == "save" && f["host"] == to.Hostname && forInstance(e, vm.UUID)
+		}
+		savesBefore := len(events(hostSave)) // earlier tests' migrations to the same host
+		decorated := []string{"compute_check_can_live_migrate_destination", "compute_check_can_live_migrate_source",
+			"compute_live_migration", "compute_pre_live_migration", "compute_post_live_migration_at_destination",
+			"ferry_live_migration"}
+		eventIs := func(name string) func(ferrylab.Event) bool {
+			return func(e ferrylab.Event) bool {
+				args, _ := e["args"].([]any)
+				return e.Str("object") == "InstanceActionEvent" && len(args) == 2 && args[0] == vm.UUID && args[1] == name
+			}
+		}
+		finishedOf := func(name string) func(ferrylab.Event) bool {
+			return func(e ferrylab.Event) bool { return eventIs(name)(e) && e.Str("method") == "event_finish_with_failure" }
+		}
+		finishedBefore := map[string]int{}
+		for _, name := range decorated {
+			finishedBefore[name] = len(events(finishedOf(name)))
+		}
 		claim(t, vm, from, to, id)
 		send(t, migrate(vm, from, to, id))
 		if e := precheck(t); e.Str("event") != "precheck_ok" {
@@ -193,10 +214,7 @@ func TestHappyPath(t *testing.T) {
 		if len(progress) == 0 {
 			t.Error("no progress (memory_*/disk_*) saved on the Migration")
 		}
-		hostSaves := events(func(e ferrylab.Event) bool {
-			f, _ := e["fields"].(map[string]any)
-			return e.Str("object") == "Instance" && e.Str("method") == "save" && f["host"] == to.Hostname && forInstance(e, vm.UUID)
-		})
+		hostSaves := events(hostSave)[savesBefore:]
 		if len(hostSaves) != 1 || hostSaves[0]["kwargs"].(map[string]any)["expected_task_state"] != "migrating" {
 			t.Errorf("Instance.save with the new host: %v", hostSaves)
 		} else if f := hostSaves[0]["fields"].(map[string]any); f["node"] != to.Hostname+".hv" {
@@ -204,18 +222,12 @@ func TestHappyPath(t *testing.T) {
 		}
 		// One event per method nova-compute decorates, as nova-compute
 		// records them, each started and finished without a failure.
-		for _, name := range []string{"compute_check_can_live_migrate_destination", "compute_check_can_live_migrate_source",
-			"compute_live_migration", "compute_pre_live_migration", "compute_post_live_migration_at_destination",
-			"ferry_live_migration"} {
-			is := func(e ferrylab.Event) bool {
-				args, _ := e["args"].([]any)
-				return e.Str("object") == "InstanceActionEvent" && len(args) == 2 && args[0] == vm.UUID && args[1] == name
-			}
-			finished := func(e ferrylab.Event) bool { return is(e) && e.Str("method") == "event_finish_with_failure" }
-			for deadline := time.Now().Add(time.Minute); len(events(finished)) <= hop && time.Now().Before(deadline); {
+		for _, name := range decorated {
+			finished := finishedOf(name)
+			for deadline := time.Now().Add(time.Minute); len(events(finished)) <= finishedBefore[name] && time.Now().Before(deadline); {
 				env.Conductor.Next(context.Background(), time.Second, finished)
 			}
-			evs := events(is)
+			evs := events(eventIs(name))
 			if n := len(evs); n < 2 || evs[n-2].Str("method") != "event_start" || evs[n-1].Str("method") != "event_finish_with_failure" {
 				t.Errorf("%s: events %v", name, evs)
 			} else if kw, _ := evs[n-1]["kwargs"].(map[string]any); kw["exc_val"] != nil {
@@ -272,7 +284,32 @@ func TestAbortRunning(t *testing.T) {
 	precheck(t)
 	status(t, 301, 3*time.Minute, "running")
 	time.Sleep(4 * time.Second)
+	// 70 calls whose callers went away first (issue 12, item 7): neither a
+	// normal call nor the abort waits behind their reply retries (60 s each).
+	send(t, map[string]any{"op": "flood", "host": from.Hostname, "n": 70})
+	e, err := env.Conductor.Next(context.Background(), 2*time.Minute, func(e ferrylab.Event) bool { return e.Str("event") == "flood_answered" })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("FIGURE call_after_70_vanished_s=%.3f (%s)", e["seconds"], e["answer"])
+	if secs, _ := e["seconds"].(float64); secs > 5 {
+		t.Errorf("a call after 70 vanished-caller calls was answered after %.1fs, want within 5s", secs)
+	}
+	fd := env.Ferryd[from.Name]
+	logOff := ferrylab.FileSize(fd.Log)
+	sent := time.Now()
 	send(t, op("abort", vm, from, to, 301))
+	for !strings.Contains(ferrylab.Tail(fd.Log, logOff), `"msg":"requested by the operator"`) {
+		if time.Since(sent) > time.Minute {
+			t.Fatal("the abort never reached the engine")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	d := time.Since(sent)
+	t.Logf("FIGURE abort_reached_engine_s=%.3f", d.Seconds())
+	if d > 5*time.Second {
+		t.Errorf("the abort reached the engine after %s, want within 5s", d)
+	}
 	if s := status(t, 301, 3*time.Minute, "cancelled", "failed", "error", "completed"); s != "cancelled" {
 		t.Fatalf("ended %s", s)
 	}

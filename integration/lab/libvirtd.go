@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -242,4 +243,65 @@ func copyDir(src, dst string) error {
 		}
 		return nil
 	})
+}
+
+// RestartLibvirtd stops a host's libvirtd as `systemctl restart libvirtd`
+// does (SIGTERM: the guests' QEMUs go on) and starts it again; the new
+// daemon reconnects to the QEMUs it finds.
+func (l *Lab) RestartLibvirtd(ctx context.Context, h *Host) error {
+	if err := h.stopLibvirtd(syscall.SIGTERM); err != nil {
+		return err
+	}
+	return l.startDaemon(ctx, h)
+}
+
+// LoseHost makes a host vanish as a power cut would: its links go down
+// first (nothing it sends reaches anyone after), then its libvirtd and
+// every QEMU in its network namespace are killed. RestoreHost brings it
+// back, empty of guests.
+func (l *Lab) LoseHost(ctx context.Context, h *Host) error {
+	for _, iface := range []string{"mgmt0", "mig0"} {
+		if err := h.SetLink(ctx, iface, false); err != nil {
+			return err
+		}
+	}
+	out, err := run(ctx, "ip", "netns", "pids", h.Netns)
+	if err != nil {
+		return err
+	}
+	for _, f := range strings.Fields(out) {
+		pid, err := strconv.Atoi(f)
+		if err != nil {
+			continue
+		}
+		if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); strings.Contains(filepath.Base(exe), "qemu-system") {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	}
+	return h.stopLibvirtd(syscall.SIGKILL)
+}
+
+// RestoreHost undoes LoseHost: links up, libvirtd started.
+func (l *Lab) RestoreHost(ctx context.Context, h *Host) error {
+	for _, iface := range []string{"mgmt0", "mig0"} {
+		if err := h.SetLink(ctx, iface, true); err != nil {
+			return err
+		}
+	}
+	return l.startDaemon(ctx, h)
+}
+
+// stopLibvirtd signals the host's libvirtd and waits until it is gone.
+func (h *Host) stopLibvirtd(sig syscall.Signal) error {
+	if err := syscall.Kill(h.pid, sig); err != nil {
+		return fmt.Errorf("host %s: stop libvirtd: %w", h.Name, err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for syscall.Kill(h.pid, 0) == nil { // the start's reaper waits for it
+		if time.Now().After(deadline) {
+			return fmt.Errorf("host %s: libvirtd (pid %d) still running 30s after %v", h.Name, h.pid, sig)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return nil
 }

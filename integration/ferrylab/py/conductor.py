@@ -243,6 +243,34 @@ class Driver(object):
         self.api.live_migration_force_complete(self.ctxt, inst, mig)
         emit({"event": "cast_sent", "method": "live_migration_force_complete"})
 
+    def flood(self, cmd):
+        """cmd["n"] calls to cmd["host"] whose callers went away (their reply
+        exchanges do not exist), published as oslo's rabbit driver publishes a
+        call; then one call from this process, answered or refused, timed."""
+        import time
+        import uuid as uuidlib
+        import kombu
+        url = config.CONF.transport_url.replace("rabbit://", "amqp://", 1)
+        with kombu.Connection(url) as conn:
+            producer = conn.Producer()
+            for i in range(cmd["n"]):
+                msg = {"method": "ferry_lab_flood", "args": {}, "version": "6.0",
+                       "_msg_id": uuidlib.uuid4().hex, "_reply_q": "reply_vanished_%d_%s" % (i, uuidlib.uuid4().hex),
+                       "_unique_id": uuidlib.uuid4().hex, "_timeout": 60}
+                msg.update({"_context_" + k: v for k, v in self.ctxt.to_dict().items()})
+                body = json.dumps({"oslo.version": "2.0", "oslo.message": json.dumps(msg)})
+                producer.publish(body, exchange="nova", routing_key="compute." + cmd["host"],
+                                 content_type="application/json", content_encoding="utf-8")
+        emit({"event": "flood_sent", "n": cmd["n"]})
+        cctxt = self.api.router.client(self.ctxt).prepare(server=cmd["host"], version="6.0", timeout=60)
+        t0 = time.monotonic()
+        try:
+            cctxt.call(self.ctxt, "ferry_lab_ping")
+            answer = "result"
+        except Exception as e:  # noqa: the refusal is an answer too
+            answer = type(e).__name__
+        emit({"event": "flood_answered", "seconds": time.monotonic() - t0, "answer": answer})
+
     def show(self, cmd):
         inst, mig = self.objects_for(cmd)
         emit({"event": "state", "status": mig.status, "host": inst.host, "node": inst.node,
