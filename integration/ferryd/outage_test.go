@@ -5,6 +5,7 @@ package ferryd
 import (
 	"context"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -91,6 +92,58 @@ func TestReportsOutliveBrokerOutage(t *testing.T) {
 		}
 		continuous(t, vm, from, to, dstOff)
 	}
+	dirty(t, vm, 0, 0)
+}
+
+// ferryd (re)started while the broker is unreachable: its engine re-attaches
+// to the journalled migration and monitors it to its end without the broker,
+// serving no RPC meanwhile; what Nova is owed goes out once the broker answers.
+func TestEngineResumesWhileBrokerDown(t *testing.T) {
+	const id = 1103
+	from, to := where(t, vm)
+	fd := env.Ferryd[from.Name]
+	dirty(t, vm, 64, 20)
+	dstOff := vm.LogOffset(to)
+	claim(t, vm, from, to, id)
+	send(t, migrate(vm, from, to, id))
+	if e := precheck(t); e.Str("event") != "precheck_ok" {
+		t.Fatalf("pre-check: %v", e)
+	}
+	status(t, id, 3*time.Minute, "running")
+	fd.Broker.Cut()
+	t.Cleanup(fd.Broker.Restore)
+	if err := fd.Kill(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fd.Start(context.Background()) })
+	j, err := fd.Journal(migUUID(id))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("source ferryd killed with the broker cut; its journal says %v", j["phase"])
+	if j["phase"] != "running" {
+		t.Fatalf("journal phase %v at the kill, want running (the job must still be in libvirt)", j["phase"])
+	}
+	off := ferrylab.FileSize(fd.Log)
+	if err := fd.StartUnserved(context.Background()); err != nil {
+		t.Fatalf("ferryd with the broker down: %v", err)
+	}
+	journalPhase(t, from, id, "completed", 4*time.Minute)
+	if strings.Contains(ferrylab.Tail(fd.Log, off), `"msg":"serving: every queue consumed"`) {
+		t.Fatal("ferryd says it serves while its broker is cut")
+	}
+	if got := env.Conductor.Statuses(id); slices.Contains(got, "completed") {
+		t.Fatalf("statuses %v while the broker was cut", got)
+	}
+	fd.Broker.Restore()
+	if s := status(t, id, 3*time.Minute, "completed", "failed", "cancelled", "error"); s != "completed" {
+		t.Fatalf("migration %d ended %s", id, s)
+	}
+	if diff := slices.Compare([]string{"queued", "preparing", "running", "completed"}, env.Conductor.Statuses(id)); diff != 0 {
+		t.Errorf("statuses %v", env.Conductor.Statuses(id))
+	}
+	settledEventually(t, vm, id, to)
+	continuous(t, vm, from, to, dstOff)
 	dirty(t, vm, 0, 0)
 }
 

@@ -203,6 +203,18 @@ func (f *Ferryd) Start(ctx context.Context) error {
 			return nil
 		}
 	}
+	return f.startUntil(ctx, `"msg":"serving: every queue consumed"`)
+}
+
+// StartUnserved starts the daemon while its broker is unreachable and
+// returns once its engine resumed a journalled migration (it serves no RPC
+// until the broker answers).
+func (f *Ferryd) StartUnserved(ctx context.Context) error {
+	return f.startUntil(ctx, `"msg":"resuming journalled migration"`)
+}
+
+// startUntil starts the daemon and waits for a log line containing mark.
+func (f *Ferryd) startUntil(ctx context.Context, mark string) error {
 	off := FileSize(f.Log)
 	f.start = off
 	p, err := f.env.Lab.StartIn(f.Host, f.Log, f.env.bin, "--config", f.Config)
@@ -212,7 +224,7 @@ func (f *Ferryd) Start(ctx context.Context) error {
 	f.proc = p
 	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) {
-		if strings.Contains(Tail(f.Log, off), `"msg":"serving: every queue consumed"`) {
+		if strings.Contains(Tail(f.Log, off), mark) {
 			return nil
 		}
 		select {
@@ -223,7 +235,7 @@ func (f *Ferryd) Start(ctx context.Context) error {
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("ferryd on %s not consuming after 60s: %s", f.Host.Name, Tail(f.Log, off))
+	return fmt.Errorf("ferryd on %s: no %s after 60s: %s", f.Host.Name, mark, Tail(f.Log, off))
 }
 
 // Kill sends a signal and waits for the daemon to end.
