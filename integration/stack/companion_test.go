@@ -89,19 +89,7 @@ func TestCompanionLiveMigration(t *testing.T) {
 	if err != nil {
 		t.Fatalf("boot through ferryd's forwarding: %v", err)
 	}
-	t.Cleanup(func() {
-		if err := a.DeleteServer(context.Background(), sv.ID); err != nil {
-			t.Errorf("delete server: %v", err)
-		}
-	})
-	con, err := stack.OpenConsole(ctx, st.Host("lab-a").ConsoleLog(sv.ID), time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := con.Wait(ctx, 30, 3*time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	con.Close()
+	heartbeating(ctx, t, a, sv, "lab-a", 30, 3*time.Minute)
 	for _, to := range []string{"lab-b", "lab-a"} {
 		m, err := st.LiveMigrate(ctx, sv.ID, to, 10*time.Minute)
 		if err != nil {
@@ -354,19 +342,7 @@ func bootGuestOn(t *testing.T, ctx context.Context, name, workload, host string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := a.DeleteServer(context.Background(), sv.ID); err != nil {
-			t.Errorf("delete server: %v", err)
-		}
-	})
-	con, err := stack.OpenConsole(ctx, st.Host(host).ConsoleLog(sv.ID), time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer con.Close()
-	if _, err := con.Wait(ctx, 20, 3*time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	heartbeating(ctx, t, a, sv, host, 20, 3*time.Minute)
 	return a, sv
 }
 

@@ -40,3 +40,22 @@ func TestMain(m *testing.M) {
 	st.Close()
 	os.Exit(code)
 }
+
+// heartbeating has the server deleted when the test ends and waits until
+// its console on host shows n heartbeats.
+func heartbeating(ctx context.Context, t *testing.T, a *stack.API, sv stack.Server, host string, n int, timeout time.Duration) {
+	t.Helper()
+	t.Cleanup(func() {
+		if err := a.DeleteServer(context.Background(), sv.ID); err != nil {
+			t.Errorf("delete server: %v", err)
+		}
+	})
+	con, err := stack.OpenConsole(ctx, st.Host(host).ConsoleLog(sv.ID), time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer con.Close()
+	if _, err := con.Wait(ctx, n, timeout); err != nil {
+		t.Fatal(err)
+	}
+}

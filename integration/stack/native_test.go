@@ -80,27 +80,18 @@ func TestNativeRecords(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := a.DeleteServer(context.Background(), sv.ID); err != nil {
-			t.Errorf("delete server: %v", err)
-		}
-	})
-	con, err := stack.OpenConsole(ctx, st.Host("lab-a").ConsoleLog(sv.ID), time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := con.Wait(ctx, 10, 3*time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	con.Close()
+	heartbeating(ctx, t, a, sv, "lab-a", 10, 3*time.Minute)
 	handed := time.Now()
 	natives(t, ctx)
 
-	// a → b, and the node as the conductor knows it (item 1).
+	// a → b, and the node as the conductor knows it (item 1), in Zed's
+	// order (item 3).
+	order := watchOrder(ctx, t, a, sv.ID)
 	m, err := st.LiveMigrate(ctx, sv.ID, "lab-b", 10*time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
+	order(m.Migration.Status)
 	t.Logf("FIGURE native_live_migration %s", m)
 	if m.Continuity != nil || m.Migration.Status != "completed" {
 		t.Errorf("a→b: %s", m)
@@ -131,10 +122,13 @@ func TestNativeRecords(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = st.CapMigration(context.Background(), 0) })
+	order = watchOrder(ctx, t, a, sv.ID)
 	ab, err := st.LiveMigrateWith(ctx, sv.ID, "lab-a", 10*time.Minute, stack.MigrateOptions{Cutoff: 4 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
+	ferryFinished(ctx, t, a, sv.ID) // the rollback's last report
+	order(ab.Migration.Status)
 	if ab.Migration.Status != "cancelled" || ab.Continuity != nil {
 		t.Errorf("aborted b→a: %s", ab)
 	}
