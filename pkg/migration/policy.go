@@ -255,6 +255,11 @@ func (st *State) converge(p Policy, s Sample) Action {
 			st.Floor = min(st.Floor, v)
 		}
 	}
+	if float64(js.MemRemaining) <= st.Bps*st.Downtime.Seconds() {
+		// What this pass has left goes within the max downtime: QEMU
+		// switches over at its end, or the smaller pass after it is judged.
+		return Action{}
+	}
 	need := time.Duration(float64(st.Floor) / st.Bps * float64(time.Second))
 	flat := it >= 3 && st.prevPeak > 0 && float64(st.iterPeak[it]) >= 0.8*float64(st.prevPeak)
 	// After a raise QEMU should switch over within a pass or two; if the
