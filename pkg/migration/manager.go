@@ -33,14 +33,13 @@ type Options struct {
 	PostcopyHang time.Duration
 	// CutStreams closes the TCP connections of an instance's QEMU to a
 	// destination's migration address and says how many it closed; nil
-	// never does. The
-	// engine calls it when the source's libvirtd has not answered for
-	// WedgeAfter during pre-copy: a destination lost mid-job leaves
+	// never does. The engine calls it when the source's libvirtd has shown
+	// no job moving for WedgeAfter during pre-copy: a destination lost mid-job leaves
 	// libvirt's cancel, and the guest with it, waiting on writes to the
 	// dead peer until TCP gives up (about 15 minutes); closing the streams
 	// fails the job at once, with the guest running on the source.
 	CutStreams func(ctx context.Context, instanceUUID, addr string) (int, error)
-	// WedgeAfter is how long job statistics may fail before CutStreams
+	// WedgeAfter is how long no job may be seen moving before CutStreams
 	// [45s: libvirt's own keepalive (30 s) first gets its chance].
 	WedgeAfter time.Duration
 	// Retention is how long the journal keeps a migration that ended and

@@ -187,9 +187,8 @@ func (r *runner) sample(ctx context.Context, src *Hypervisor, detached bool) (*v
 // Wedged is the decision to close a job's migration streams: the source's
 // libvirtd has shown no job moving for wedgeAfter (its statistics fail, or
 // show no job, or a failed one, while its migration call has not
-// returned), the job is in
-// pre-copy (closing a post-copy stream would split the guest's memory), and
-// the streams were not closed before.
+// returned), the job is in pre-copy (closing a post-copy stream would split
+// the guest's memory), and the streams were not closed before.
 func Wedged(unanswered, now time.Time, wedgeAfter time.Duration, postCopy, cut bool) bool {
 	return !unanswered.IsZero() && now.Sub(unanswered) >= wedgeAfter && !postCopy && !cut
 }
@@ -202,10 +201,7 @@ func (r *runner) unwedge(ctx context.Context) {
 	}
 	r.cut = true
 	snap := r.e.snapshot()
-	addr := snap.Dest.MigrationAddr()
-	if snap.Prep != nil && snap.Prep.MigrationAddr != "" {
-		addr = snap.Prep.MigrationAddr
-	}
+	addr := jobDest(snap).MigrationAddr()
 	n, err := r.m.o.CutStreams(ctx, snap.InstanceUUID, addr)
 	r.record("cut-streams", 0, fmt.Sprintf("the source's libvirtd has shown no job moving for %s during pre-copy (it waits on streams to %s, "+
 		"as when the destination is lost); closed %d connections to it, which fails the job with the guest on this host",

@@ -24,8 +24,8 @@ type runner struct {
 	start   time.Time     // the job's start, for sample times
 	series  series        // the samples, for the record
 	hasSlot bool
-	// unanswered is when job statistics began failing (zero while they
-	// answer); cut is set once the streams were closed.
+	// unanswered is since when no job was seen moving (zero while one
+	// is); cut is set once the streams were closed.
 	unanswered time.Time
 	cut        bool
 }

@@ -15,9 +15,7 @@ func JobSpec(m Migration) (virt.MigrateSpec, error) {
 	if m.Prep == nil {
 		return virt.MigrateSpec{}, fmt.Errorf("migration %s: no preparation journalled", m.ID)
 	}
-	d := m.Dest
-	d.Migration = m.Prep.MigrationAddr
-	uris, err := hostnet.For(d, m.Job.NativeTLS)
+	uris, err := hostnet.For(jobDest(m), m.Job.NativeTLS)
 	if err != nil {
 		return virt.MigrateSpec{}, err
 	}
@@ -43,6 +41,16 @@ func JobSpec(m Migration) (virt.MigrateSpec, error) {
 		s.MigrateURI, s.DisksURI = "", ""
 	}
 	return s, s.Validate()
+}
+
+// jobDest is the destination as the job addresses it: at the migration
+// address its preparation gave.
+func jobDest(m Migration) hostnet.Dest {
+	d := m.Dest
+	if m.Prep != nil {
+		d.Migration = m.Prep.MigrationAddr
+	}
+	return d
 }
 
 // resumeSpec is the spec of a post-copy resume: the same job, RAM only (the
